@@ -1,0 +1,5 @@
+"""``python -m usvl`` runs the ``usvl`` command."""
+
+from usvl.cli import main
+
+main()

@@ -1,0 +1,101 @@
+"""Lexicon captions generated from descriptors (never fed to classifiers at test time)."""
+
+from __future__ import annotations
+
+THYROID_PHRASES = {
+    "composition": {
+        "cystic": "cystic",
+        "spongiform": "spongiform",
+        "mixed": "mixed cystic and solid",
+        "solid": "solid",
+    },
+    "echogenicity": {
+        "anechoic": "anechoic",
+        "hyperechoic": "hyperechoic",
+        "isoechoic": "isoechoic",
+        "hypoechoic": "hypoechoic",
+        "very_hypoechoic": "very hypoechoic",
+    },
+    "shape": {"wider_than_tall": "wider-than-tall", "taller_than_wide": "taller-than-wide"},
+    "margin": {
+        "smooth": "smooth margins",
+        "ill_defined": "ill-defined margins",
+        "lobulated_irregular": "lobulated or irregular margins",
+        "extrathyroidal_extension": "extrathyroidal extension",
+    },
+    "echogenic_foci": {
+        "none": "no echogenic foci",
+        "comet_tail": "large comet-tail artifacts",
+        "macrocalcification": "macrocalcification with posterior shadowing",
+        "rim": "peripheral rim calcification",
+        "punctate": "punctate echogenic foci",
+    },
+}
+
+BREAST_PHRASES = {
+    "shape": {"oval": "Oval", "round": "Round", "irregular": "Irregular"},
+    "orientation": {"parallel": "parallel", "not_parallel": "not parallel"},
+    "margin": {
+        "circumscribed": "circumscribed margins",
+        "indistinct": "indistinct margins",
+        "angular": "angular margins",
+        "microlobulated": "microlobulated margins",
+        "spiculated": "spiculated margins",
+    },
+    "echo_pattern": {
+        "anechoic": "anechoic",
+        "hypoechoic": "hypoechoic",
+        "isoechoic": "isoechoic",
+        "complex": "complex cystic and solid",
+        "hyperechoic": "hyperechoic",
+        "heterogeneous": "heterogeneous",
+    },
+    "posterior": {
+        "enhancement": "posterior acoustic enhancement",
+        "none": "no posterior features",
+        "shadowing": "posterior acoustic shadowing",
+        "combined": "combined posterior pattern",
+    },
+    "calcification": {
+        "none": "no calcifications",
+        "micro": "microcalcifications",
+        "macro": "macrocalcification",
+    },
+}
+
+
+def thyroid_caption(d: dict) -> str:
+    """Caption a thyroid nodule from its ACR TI-RADS descriptors.
+
+    Args:
+        d: Thyroid descriptors.
+
+    Returns:
+        One-sentence lexicon description.
+    """
+    p = THYROID_PHRASES
+    return (
+        f"Thyroid nodule, {p['composition'][d['composition']]}, {p['echogenicity'][d['echogenicity']]}, "
+        f"{p['shape'][d['shape']]}, with {p['margin'][d['margin']]} and "
+        f"{p['echogenic_foci'][d['echogenic_foci']]}."
+    )
+
+
+def breast_caption(d: dict) -> str:
+    """Caption a breast image from its BI-RADS descriptors (normal images have ``finding == "none"``).
+
+    Args:
+        d: Breast descriptors.
+
+    Returns:
+        One-sentence lexicon description.
+    """
+    if d.get("finding") == "none":
+        return "Normal breast tissue without a focal mass."
+    p = BREAST_PHRASES
+    return (
+        f"{p['shape'][d['shape']]}, {p['orientation'][d['orientation']]} mass with "
+        f"{p['margin'][d['margin']]}, "
+        f"{p['echo_pattern'][d['echo_pattern']]}, {p['posterior'][d['posterior']]}, "
+        f"{p['calcification'][d['calcification']]}."
+    )

