@@ -30,7 +30,7 @@ class UltrasoundDataset(Dataset):
 
     def __init__(self, manifest: pd.DataFrame, size: int, with_masks: bool = False, threads: int = 4) -> None:
         self.names = manifest["name"].tolist()
-        self.labels = torch.as_tensor(manifest["label"].fillna(-1).astype(int).to_numpy(), dtype=torch.long)
+        self.labels = torch.tensor(manifest["label"].fillna(-1).astype(int).tolist(), dtype=torch.long)
         with ThreadPoolExecutor(max_workers=threads) as pool:
             images = list(pool.map(lambda p: load_image(p, size), manifest["image"]))
             self.images = torch.from_numpy(np.stack(images)[:, None]) if images else torch.empty(0, 1, size, size)

@@ -81,6 +81,7 @@ POSTERIOR_ALPHA = {
     "combined": (0.3, 0.5),
 }
 TISSUE_ALPHA = 0.75
+CALC_DB = (18.0, 24.0)  # point-reflector amplitude of microcalcifications and glints (bright, not saturating)
 
 
 OVERLAP = 0.1  # mixes each class table toward the pooled table; raises class overlap (ceiling AUC knob)
@@ -119,6 +120,7 @@ def _layout(rng: np.random.Generator) -> dict:
     g["diam"] = rng.uniform(7.0, 18.0)
     g["rib"] = bool(rng.uniform() < 0.3)
     g["ligament_shadows"] = int(rng.choice([0, 0, 1, 2]))
+    g["glints"] = int(rng.choice([0, 0, 2, 4, 6, 8, 10, 12]))
     return g
 
 
@@ -197,7 +199,26 @@ def _ligament_shadows(sc: Scene, g: dict, rng: np.random.Generator) -> None:
         )
         w = smoothstep_inside(lig.signed_distance(x, z), 0.2)
         sc.add_db(w, 6.0)
-        sc.add_alpha(w, rng.uniform(8.0, 20.0))
+        sc.add_alpha(w, rng.uniform(4.0, 10.0))
+
+
+def _glints(sc: Scene, g: dict, les: StarShape | None, rng: np.random.Generator) -> None:
+    """Class-independent specular point reflectors (ligament / duct-wall glints, benign calcific foci).
+
+    Drawn at a fixed, class-independent rate with the same amplitude range as microcalcifications and
+    kept 1 mm outside the mass, so the bright tail of the grey-level histogram does not reveal
+    malignancy while calcifications inside a mass stay a distinct cue.
+    """
+    n = 0
+    for _ in range(4 * g["glints"]):
+        if n == g["glints"]:
+            break
+        px, pz = rng.uniform(-0.45, 0.45) * g["depth"], rng.uniform(g["skin"] + 1.0, g["gland"])
+        amp = rng.uniform(*CALC_DB)
+        if les is not None and float(les.signed_distance(np.float32(px), np.float32(pz))) < 1.0:
+            continue
+        sc.add_point(px, pz, amp)
+        n += 1
 
 
 def _lesion_shape(d: dict, g: dict, rng: np.random.Generator) -> StarShape:
@@ -248,8 +269,8 @@ def _render_mass(sc: Scene, d: dict, les: StarShape, rng: np.random.Generator) -
     dist = les.signed_distance(x, z)
     soft = {"circumscribed": 0.07, "indistinct": rng.uniform(0.6, 0.9)}.get(d["margin"], 0.12)
     w = smoothstep_inside(dist, soft)
-    if d["margin"] in ("indistinct", "spiculated"):
-        sc.add_db(band(dist, 0.0, 1.2, 0.3), rng.uniform(3.0, 5.0))
+    if d["margin"] == "spiculated":
+        sc.add_db(band(dist, 0.0, 1.0, 0.3), rng.uniform(1.0, 2.5))
     tex = {"heterogeneous": 5.0, "complex": 2.0}.get(d["echo_pattern"], 1.5) * smooth_field(shape, 2.5, rng)
     lo, hi = POSTERIOR_ALPHA[d["posterior"]]
     sc.paint(w, ECHO_DB[d["echo_pattern"]] + rng.uniform(-2.0, 2.0) + tex, rng.uniform(lo, hi))
@@ -270,7 +291,7 @@ def _render_mass(sc: Scene, d: dict, les: StarShape, rng: np.random.Generator) -
         for _ in range(int(rng.integers(4, 11))):
             t, rr = rng.uniform(-np.pi, np.pi), np.sqrt(rng.uniform(0, 0.5))
             sc.add_point(
-                les.cx + rr * les.a * np.cos(t), les.cz + rr * les.b * np.sin(t), rng.uniform(26, 32)
+                les.cx + rr * les.a * np.cos(t), les.cz + rr * les.b * np.sin(t), rng.uniform(*CALC_DB)
             )
     elif d["calcification"] == "macro":
         rad = rng.uniform(0.7, 1.4)
@@ -305,6 +326,7 @@ def build_scene(desc: dict, rng: np.random.Generator, size: int) -> tuple[Linear
     if g["rib"]:
         _rib(sc, g, rng)
     _ligament_shadows(sc, g, rng)
+    _glints(sc, g, les, rng)
     x, z = sc.xz
     ref = gland > 0.5
     if les is not None:

@@ -1,0 +1,89 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from usvl.cli import main, run_lightning
+from usvl.models.encoders.weights import EFFICIENTNET_LITE0, MINILM_L6_V2
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "text" not in p.parts)
+SMOKE = str(REPO / "configs" / "smoke" / "thyroid_cls.yaml")
+
+
+@pytest.mark.parametrize("config", SHIPPED_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_config_prints_its_full_config(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_lightning(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("usvl.tasks.")
+    assert printed["data"]["class_path"].startswith("usvl.data.")
+    assert printed["trainer"]["callbacks"]
+
+
+@pytest.mark.parametrize("config", SHIPPED_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_config_instantiates(config):
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    from usvl.cli import USVLCLI
+
+    cli = USVLCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                  run=False, args=["--config", str(config), "--trainer.logger", "false"])
+    assert cli.model.num_classes == cli.datamodule.num_classes
+    assert cli.model.class_names == cli.datamodule.class_names
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, usvl_cache):
+    root = tmp_path_factory.mktemp("runs")
+    args = ["fit", "--config", SMOKE, "--trainer.logger.init_args.save_dir", str(root)]
+    run_lightning(args)
+    run_lightning(args)
+    return root / "smoke_thyroid_cls"
+
+
+def test_fit_writes_config_checkpoint_and_test_metrics(smoke_run):
+    run = smoke_run / "version_0"
+    assert (run / "config.yaml").is_file()
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert set(metrics["metrics"]) >= {"test/auroc", "test/accuracy", "test/f1", "test/sensitivity",
+                                       "test/specificity"}
+    assert 0.0 <= metrics["metrics"]["test/auroc"] <= 1.0
+    assert 0 < metrics["trainable_params"] < metrics["total_params"]
+    assert metrics["checkpoint"].endswith(".ckpt") and metrics["peak_memory_mb"] > 0
+
+
+def test_second_run_does_not_overwrite_the_first(smoke_run):
+    assert (smoke_run / "version_0" / "test_metrics.json").is_file()
+    assert (smoke_run / "version_1" / "test_metrics.json").is_file()
+
+
+def test_checkpoint_holds_trainable_weights_only(smoke_run):
+    checkpoint_path = next((smoke_run / "version_0" / "checkpoints").glob("*.ckpt"))
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    assert not any(key.startswith("encoder.image_tower.conv_stem") for key in checkpoint["state_dict"])
+    assert any(".adapter." in key for key in checkpoint["state_dict"])
+    assert checkpoint["usvl"]["text_embeddings"].shape[0] == 2
+    full_weights = EFFICIENTNET_LITE0.resolve().stat().st_size + MINILM_L6_V2.resolve().stat().st_size
+    assert checkpoint_path.stat().st_size < 0.10 * full_weights
+
+
+def test_test_and_predict_from_checkpoint(smoke_run, tmp_path):
+    checkpoint_path = str(next((smoke_run / "version_0" / "checkpoints").glob("*.ckpt")))
+    common = ["--config", SMOKE, "--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path",
+              checkpoint_path]
+    run_lightning(["test", *common])
+    written = list(tmp_path.rglob("test_metrics.json"))
+    assert written and "test/auroc" in json.loads(written[0].read_text())["metrics"]
+    cli = run_lightning(["predict", *common])
+    assert cli is not None
+
+
+def test_data_generate_command(tmp_path, capsys):
+    assert main(["data", "generate", "--preset", "thyroid", "--profile", "tiny", "--root", str(tmp_path / "d"),
+                 "--workers", "1"]) == 0
+    assert (tmp_path / "d" / "generator.json").is_file()
+    assert str(tmp_path / "d") in capsys.readouterr().out
