@@ -78,8 +78,12 @@ def test_test_and_predict_from_checkpoint(smoke_run, tmp_path):
     run_lightning(["test", *common])
     written = list(tmp_path.rglob("test_metrics.json"))
     assert written and "test/auroc" in json.loads(written[0].read_text())["metrics"]
-    cli = run_lightning(["predict", *common])
-    assert cli is not None
+    run_lightning(["predict", *common])
+    predictions = list(tmp_path.rglob("predictions.csv"))
+    assert predictions
+    rows = predictions[0].read_text().splitlines()
+    assert rows[0] == "name,p_benign,p_malignant,prediction"
+    assert len(rows) == 1 + 8
 
 
 def test_data_generate_command(tmp_path, capsys):

@@ -12,6 +12,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 import usvl
+import usvl.callbacks
 import usvl.data
 import usvl.models.adapters
 import usvl.models.encoders

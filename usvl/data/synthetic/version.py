@@ -1,3 +1,3 @@
 """Generator version: bump whenever the output for a given seed changes."""
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"

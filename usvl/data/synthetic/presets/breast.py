@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..captions import breast_caption
@@ -320,6 +322,7 @@ def build_scene(desc: dict, rng: np.random.Generator, size: int) -> tuple[Linear
     """
     g = _layout(rng)
     probe, rx = probe_and_receiver(rng, "L14-5", (7.0, 14.0), g["depth"], 0.7)
+    rx = replace(rx, gain_target=float(rng.uniform(0.3, 0.55)), dynamic_range_db=float(rng.uniform(45.0, 65.0)))
     sc = Scene.empty(make_beam_grid(probe, size).coarse(2), -6.0, TISSUE_ALPHA)
     gland = _layers(sc, g, rng)
     les = _lesion_shape(desc, g, rng) if desc["finding"] == "mass" else None

@@ -1,0 +1,49 @@
+"""Callbacks that write what a run produces."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+log = logging.getLogger(__name__)
+
+
+class ClassificationPredictionWriter(BasePredictionWriter):
+    """Write ``predictions.csv`` (image name, class probabilities, predicted class) after ``usvl predict``.
+
+    Args:
+        output_dir: Folder for the file; defaults to the run's log dir. An existing file is never overwritten:
+            the new one gets a numbered name.
+    """
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        super().__init__(write_interval="epoch")
+        self.output_dir = output_dir
+        self.last_path: Path | None = None
+
+    def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Any,
+                           batch_indices: Any) -> None:
+        """Write all predictions of the epoch as one CSV."""
+        folder = Path(self.output_dir or trainer.log_dir or ".")
+        folder.mkdir(parents=True, exist_ok=True)
+        path, index = folder / "predictions.csv", 0
+        while path.exists():
+            index += 1
+            path = folder / f"predictions-{index}.csv"
+        class_names = list(getattr(pl_module, "class_names", []))
+        batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["name", *[f"p_{name}" for name in class_names], "prediction"])
+            for batch in batches:
+                for name, probabilities, predicted in zip(batch["name"], batch["probabilities"].tolist(),
+                                                          batch["prediction"].tolist(), strict=True):
+                    label = class_names[predicted] if class_names else predicted
+                    writer.writerow([name, *[f"{p:.6f}" for p in probabilities], label])
+        self.last_path = path
+        log.info("Predictions written to %s", path)
