@@ -40,13 +40,29 @@ def test_every_shipped_config_instantiates(config):
 def smoke_run(tmp_path_factory, usvl_cache):
     root = tmp_path_factory.mktemp("runs")
     args = ["fit", "--config", SMOKE, "--trainer.logger.init_args.save_dir", str(root)]
+    first = run_lightning(args)
     run_lightning(args)
-    run_lightning(args)
-    return root / "smoke_thyroid_cls"
+    return root / "smoke_thyroid_cls", first.model
+
+
+def test_fit_keeps_frozen_batchnorm_statistics(smoke_run):
+    from usvl.models.encoders import LiTEffNetMiniLM
+
+    _, model = smoke_run
+    reference = LiTEffNetMiniLM().image_tower
+    trained_buffers = dict(model.encoder.image_tower.named_buffers())
+    for name, buffer in reference.named_buffers():
+        adapted_name = name if name in trained_buffers else _wrapped_name(name)
+        assert torch.equal(trained_buffers[adapted_name], buffer), name
+
+
+def _wrapped_name(name: str) -> str:
+    parts = name.split(".")
+    return ".".join(parts[:2] + ["base"] + parts[2:])
 
 
 def test_fit_writes_config_checkpoint_and_test_metrics(smoke_run):
-    run = smoke_run / "version_0"
+    run = smoke_run[0] / "version_0"
     assert (run / "config.yaml").is_file()
     metrics = json.loads((run / "test_metrics.json").read_text())
     assert set(metrics["metrics"]) >= {"test/auroc", "test/accuracy", "test/f1", "test/sensitivity",
@@ -57,12 +73,12 @@ def test_fit_writes_config_checkpoint_and_test_metrics(smoke_run):
 
 
 def test_second_run_does_not_overwrite_the_first(smoke_run):
-    assert (smoke_run / "version_0" / "test_metrics.json").is_file()
-    assert (smoke_run / "version_1" / "test_metrics.json").is_file()
+    assert (smoke_run[0] / "version_0" / "test_metrics.json").is_file()
+    assert (smoke_run[0] / "version_1" / "test_metrics.json").is_file()
 
 
 def test_checkpoint_holds_trainable_weights_only(smoke_run):
-    checkpoint_path = next((smoke_run / "version_0" / "checkpoints").glob("*.ckpt"))
+    checkpoint_path = next((smoke_run[0] / "version_0" / "checkpoints").glob("*.ckpt"))
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     assert not any(key.startswith("encoder.image_tower.conv_stem") for key in checkpoint["state_dict"])
     assert any(".adapter." in key for key in checkpoint["state_dict"])
@@ -72,12 +88,15 @@ def test_checkpoint_holds_trainable_weights_only(smoke_run):
 
 
 def test_test_and_predict_from_checkpoint(smoke_run, tmp_path):
-    checkpoint_path = str(next((smoke_run / "version_0" / "checkpoints").glob("*.ckpt")))
+    checkpoint_path = str(next((smoke_run[0] / "version_0" / "checkpoints").glob("*.ckpt")))
     common = ["--config", SMOKE, "--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path",
               checkpoint_path]
     run_lightning(["test", *common])
     written = list(tmp_path.rglob("test_metrics.json"))
-    assert written and "test/auroc" in json.loads(written[0].read_text())["metrics"]
+    standalone = json.loads(written[0].read_text())["metrics"]
+    after_fit = json.loads((smoke_run[0] / "version_0" / "test_metrics.json").read_text())["metrics"]
+    assert standalone["test/loss"] == pytest.approx(after_fit["test/loss"], abs=1e-5)
+    assert standalone["test/auroc"] == pytest.approx(after_fit["test/auroc"], abs=1e-6)
     run_lightning(["predict", *common])
     predictions = list(tmp_path.rglob("predictions.csv"))
     assert predictions

@@ -51,7 +51,8 @@ class AdaptedEncoderTask(pl.LightningModule):
         return {"trainable_params": trainable, "total_params": total}
 
     def on_fit_start(self) -> None:
-        """Log the parameter counts once."""
+        """Put the frozen towers in eval mode (fixed batch-norm statistics) and log the parameter counts."""
+        self.encoder.train(self.training)
         counts = self.parameter_counts()
         log.info("Parameters: %s trainable of %s (%.2f%%)", f"{counts['trainable_params']:,}",
                  f"{counts['total_params']:,}", 100.0 * counts["trainable_params"] / max(counts["total_params"], 1))
@@ -75,10 +76,11 @@ class AdaptedEncoderTask(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def trainable_state_keys(self) -> set[str]:
-        """State-dict keys of trainable parameters and of buffers inside trainable modules."""
+        """State-dict keys of trainable parameters, and of buffers in trainable or adapted modules."""
         keys = {name for name, p in self.named_parameters() if p.requires_grad}
         for module_name, module in self.named_modules():
-            if any(p.requires_grad for p in module.parameters(recurse=False)):
+            adapted = getattr(module, "usvl_adapter", False)
+            if adapted or any(p.requires_grad for p in module.parameters(recurse=False)):
                 prefix = f"{module_name}." if module_name else ""
                 keys.update(f"{prefix}{name}" for name, _ in module.named_buffers(recurse=False))
         return keys

@@ -31,6 +31,8 @@ class ClassificationTask(AdaptedEncoderTask):
         optimizer: Optimizer factory.
         scheduler: Learning-rate scheduler factory.
         label_smoothing: Cross-entropy label smoothing.
+        test_time_flip: In validation, test and predict, average the probabilities of each image and its
+            lateral (horizontal) mirror image.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class ClassificationTask(AdaptedEncoderTask):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
+        test_time_flip: bool = False,
     ) -> None:
         super().__init__(encoder, adapter, optimizer, scheduler)
         self.save_hyperparameters(ignore=["encoder", "head", "adapter", "optimizer", "scheduler"])
@@ -52,6 +55,7 @@ class ClassificationTask(AdaptedEncoderTask):
             raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
         self.head = head(encoder.embed_dim, num_classes)
         self.label_smoothing = label_smoothing
+        self.test_time_flip = test_time_flip
         self.text_embeddings: torch.Tensor | None = None
         metrics = classification_metrics(num_classes)
         self.train_metrics = metrics.clone(prefix="train/")
@@ -85,16 +89,24 @@ class ClassificationTask(AdaptedEncoderTask):
         features = self.encoder.encode_image(self.prepare_images(images))
         return self.head(features, self.class_text())
 
-    def _probabilities_for_metrics(self, logits: torch.Tensor) -> torch.Tensor:
-        probabilities = logits.float().softmax(dim=-1)
-        return probabilities[:, 1] if self.num_classes == 2 else probabilities
+    def predict_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``[B, K]``, averaged with the mirrored image when ``test_time_flip`` is on."""
+        probabilities = self(images).float().softmax(dim=-1)
+        if self.test_time_flip:
+            probabilities = (probabilities + self(images.flip(-1)).float().softmax(dim=-1)) / 2
+        return probabilities
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        logits = self(batch["image"])
         labels = batch["label"]
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        if stage == "train":
+            logits = self(batch["image"])
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+            probabilities = logits.detach().float().softmax(dim=-1)
+        else:
+            probabilities = self.predict_probabilities(batch["image"])
+            loss = F.nll_loss(probabilities.clamp_min(1e-8).log(), labels)
         metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(self._probabilities_for_metrics(logits), labels)
+        metrics.update(probabilities[:, 1] if self.num_classes == 2 else probabilities, labels)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(labels))
         return loss
@@ -113,7 +125,7 @@ class ClassificationTask(AdaptedEncoderTask):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Class probabilities and predicted class per image, with the image names."""
-        probabilities = self(batch["image"]).float().softmax(dim=-1)
+        probabilities = self.predict_probabilities(batch["image"])
         return {"name": batch["name"], "probabilities": probabilities.cpu(),
                 "prediction": probabilities.argmax(dim=-1).cpu()}
 

@@ -70,7 +70,10 @@ class VisionLanguageEncoder(nn.Module, ABC):
             parameter.requires_grad_(name.split(".")[0].endswith("_projection"))
 
     def train(self, mode: bool = True) -> VisionLanguageEncoder:
-        """Switch mode, keeping frozen towers in eval so batch-norm statistics and dropout stay fixed."""
+        """Switch mode, keeping frozen towers in eval so batch-norm statistics and dropout stay fixed.
+
+        Modules flagged ``usvl_adapter`` (adapters, and batch norms whose statistics are adapted) follow ``mode``.
+        """
         super().train(mode)
         for module in self.frozen_modules():
             module.eval()

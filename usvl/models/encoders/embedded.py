@@ -87,8 +87,13 @@ class LiTEffNetMiniLM(VisionLanguageEncoder):
     Args:
         embed_dim: Width of the shared image-text space.
         feature_taps: Indices of the EfficientNet stages (0-6) whose outputs become ``ImageFeatures.maps``.
-        global_pool: ``head`` pools the 1280-channel head conv; ``multiscale`` also concatenates the pooled
-            tapped maps, so fine cues from shallow stages reach the global embedding.
+        multiscale: Concatenate the pooled tapped maps to the pooled head conv, so cues from shallow stages
+            (margins, echogenic foci) reach the global embedding.
+        pooling: ``avg`` (global average) or ``avgmax`` (average and max concatenated; max keeps small, bright,
+            local cues that averaging over the whole image dilutes).
+        norm_stats: ``frozen`` keeps the ImageNet batch-norm statistics of the image tower; ``adapt`` re-estimates
+            them on the training data (AdaBN-style: batch statistics while training, running averages saved in the
+            checkpoint). Batch-norm weights stay frozen either way.
         pretrained: Load the packaged weights (verified by sha256). ``False`` builds random towers (tests).
     """
 
@@ -100,24 +105,35 @@ class LiTEffNetMiniLM(VisionLanguageEncoder):
         self,
         embed_dim: int = 256,
         feature_taps: Sequence[int] = (1, 2, 4, 6),
-        global_pool: Literal["head", "multiscale"] = "multiscale",
+        multiscale: bool = True,
+        pooling: Literal["avg", "avgmax"] = "avg",
+        norm_stats: Literal["frozen", "adapt"] = "frozen",
         pretrained: bool = True,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.feature_taps = tuple(feature_taps)
-        self.global_pool = global_pool
+        self.multiscale = multiscale
+        self.pooling = pooling
         self.pretrained = pretrained
         self.image_tower = build_efficientnet_lite0(pretrained)
         self._text_tower: list[MiniLMTextTower] = []
         self.feature_dims = [EFFICIENTNET_LITE0_STAGE_CHANNELS[i] for i in self.feature_taps]
         pooled_dim = EFFICIENTNET_LITE0_HEAD_CHANNELS
-        if global_pool == "multiscale":
+        if multiscale:
             pooled_dim += sum(self.feature_dims)
+        if pooling == "avgmax":
+            pooled_dim *= 2
         self.pooled_dim = pooled_dim
         self.image_projection = nn.Sequential(nn.LayerNorm(pooled_dim), nn.Linear(pooled_dim, embed_dim))
         self.text_projection = nn.Linear(MINILM_DIM, embed_dim)
+        self.norm_stats = norm_stats
         self.freeze_towers()
+        if norm_stats == "adapt":
+            for module in self.image_tower.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.usvl_adapter = True
+        self.train()
         if pretrained:
             self.encoder_id = f"{self.encoder_id}@{EFFICIENTNET_LITE0.sha256[:12]}+{MINILM_L6_V2.sha256[:12]}"
         else:
@@ -147,10 +163,15 @@ class LiTEffNetMiniLM(VisionLanguageEncoder):
             if index in self.feature_taps:
                 maps.append(x)
         head = tower.bn2(tower.conv_head(x))
-        pooled = head.mean(dim=(2, 3))
-        if self.global_pool == "multiscale":
-            pooled = torch.cat([pooled] + [m.mean(dim=(2, 3)) for m in maps], dim=1)
+        pooled_maps = [head, *maps] if self.multiscale else [head]
+        pooled = torch.cat([self._pool(m) for m in pooled_maps], dim=1)
         return ImageFeatures(global_embedding=self.image_projection(pooled), maps=maps, pooled=pooled)
+
+    def _pool(self, feature_map: torch.Tensor) -> torch.Tensor:
+        average = feature_map.mean(dim=(2, 3))
+        if self.pooling == "avg":
+            return average
+        return torch.cat([average, feature_map.amax(dim=(2, 3))], dim=1)
 
     def _text(self) -> MiniLMTextTower:
         if not self._text_tower:
