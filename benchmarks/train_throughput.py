@@ -20,15 +20,16 @@ from usvl.tasks import ClassificationTask
 from usvl.utils.threads import configure_threads
 
 CASES = {
-    "no adapter (linear probe)": NoAdapter(),
-    "Mona after stages 0-6": MonaAdapter(),
-    "Mona after stages 2-6": MonaAdapter(points=[2, 3, 4, 5, 6]),
-    "Mona after stages 4-6": MonaAdapter(points=[4, 5, 6]),
+    "no adapter (linear probe)": (NoAdapter, {}, True),
+    "Mona after stages 0-6": (MonaAdapter, {}, True),
+    "Mona after stages 2-6": (MonaAdapter, {"points": [2, 3, 4, 5, 6]}, True),
+    "Mona after stages 2-6, contiguous memory": (MonaAdapter, {"points": [2, 3, 4, 5, 6]}, False),
+    "Mona after stages 4-6": (MonaAdapter, {"points": [4, 5, 6]}, True),
 }
 
 
-def measure(adapter, size: int, batch: int, repeats: int) -> tuple[float, float]:
-    task = ClassificationTask(LiTEffNetMiniLM(), PromptSimilarityHead, 2, adapter=adapter)
+def measure(adapter, size: int, batch: int, repeats: int, channels_last: bool = True) -> tuple[float, float]:
+    task = ClassificationTask(LiTEffNetMiniLM(), PromptSimilarityHead, 2, adapter=adapter, channels_last=channels_last)
     task.set_text_embeddings(torch.randn(2, 4, 384))
     optimizer = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=1e-3)
     images = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8)
@@ -61,11 +62,12 @@ def main() -> None:
     options = parser.parse_args()
     threads = configure_threads(options.threads)
     print(f"threads={threads} batch={options.batch} repeats={options.repeats} (median)")
+    measure(NoAdapter(), options.sizes[0], options.batch, 1)  # warm-up: first-use costs of the kernels
     print("| adapter | size | train img/s | inference img/s |")
     print("|---|---|---|---|")
     for size in options.sizes:
-        for name, adapter in CASES.items():
-            train, inference = measure(adapter, size, options.batch, options.repeats)
+        for name, (adapter_class, kwargs, channels_last) in CASES.items():
+            train, inference = measure(adapter_class(**kwargs), size, options.batch, options.repeats, channels_last)
             print(f"| {name} | {size} | {train:.1f} | {inference:.1f} |", flush=True)
 
 

@@ -23,6 +23,8 @@ class AdaptedEncoderTask(pl.LightningModule):
         adapter: How to adapt the image tower; ``None`` trains projections and head only.
         optimizer: Optimizer factory, called with the trainable parameters.
         scheduler: Learning-rate scheduler factory, stepped per optimisation step.
+        channels_last: Run convolutions in channels-last memory format (about 1.4x faster training of the
+            EfficientNet tower on a CPU, see BENCHMARKS.md).
     """
 
     def __init__(
@@ -31,6 +33,7 @@ class AdaptedEncoderTask(pl.LightningModule):
         adapter: Adapter | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -39,6 +42,9 @@ class AdaptedEncoderTask(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.strict_loading = False
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.encoder.to(memory_format=torch.channels_last)
         mean = torch.tensor(encoder.image_mean).view(1, 3, 1, 1)
         std = torch.tensor(encoder.image_std).view(1, 3, 1, 1)
         self.register_buffer("image_mean", mean, persistent=False)
@@ -62,7 +68,7 @@ class AdaptedEncoderTask(pl.LightningModule):
         x = images.float() / 255.0
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        return (x - self.image_mean) / self.image_std
+        return ((x - self.image_mean) / self.image_std).contiguous(memory_format=self.memory_format)
 
     def configure_optimizers(self) -> Any:
         """Optimise trainable parameters only; the scheduler, if any, steps every optimisation step."""

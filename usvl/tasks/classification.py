@@ -30,6 +30,7 @@ class ClassificationTask(AdaptedEncoderTask):
         adapter: How to adapt the image tower.
         optimizer: Optimizer factory.
         scheduler: Learning-rate scheduler factory.
+        channels_last: Run convolutions in channels-last memory format.
         label_smoothing: Cross-entropy label smoothing.
         test_time_flip: In validation, test and predict, average the probabilities of each image and its
             lateral (horizontal) mirror image.
@@ -44,10 +45,11 @@ class ClassificationTask(AdaptedEncoderTask):
         adapter: Adapter | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
+        channels_last: bool = True,
         label_smoothing: float = 0.0,
         test_time_flip: bool = False,
     ) -> None:
-        super().__init__(encoder, adapter, optimizer, scheduler)
+        super().__init__(encoder, adapter, optimizer, scheduler, channels_last)
         self.save_hyperparameters(ignore=["encoder", "head", "adapter", "optimizer", "scheduler"])
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
