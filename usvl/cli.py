@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,8 @@ def main(args: ArgsType = None) -> int | None:
     """Entry point of the ``usvl`` console script; returns the exit code of ``usvl data``."""
     argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The frozen towers are in eval mode on purpose (fixed batch-norm statistics); Lightning warns about it.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     configure_threads()
     if argv and argv[0] == "data":
         from usvl.data.cli import data_main

@@ -50,7 +50,8 @@ class ClassificationTask(AdaptedEncoderTask):
         test_time_flip: bool = False,
     ) -> None:
         super().__init__(encoder, adapter, optimizer, scheduler, channels_last)
-        self.save_hyperparameters(ignore=["encoder", "head", "adapter", "optimizer", "scheduler"])
+        # Evaluation-only switches stay out of the checkpoint, so `usvl test --ckpt_path` can change them.
+        self.save_hyperparameters(ignore=["encoder", "head", "adapter", "optimizer", "scheduler", "test_time_flip"])
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         if len(self.class_names) != num_classes:
