@@ -1,4 +1,4 @@
-"""Metrics shared by tasks and notebooks."""
+"""Metrics shared by tasks and notebooks: classification metric collections and segmentation metrics."""
 
 from __future__ import annotations
 
@@ -15,6 +15,19 @@ from torchmetrics.classification import (
     MulticlassRecall,
     MulticlassSpecificity,
 )
+
+from usvl.segmentation_metrics import CASE_NAMES, SegmentationMetrics, asd, dice, hd95, iou, segmentation_scores
+
+__all__ = [
+    "CASE_NAMES",
+    "SegmentationMetrics",
+    "asd",
+    "classification_metrics",
+    "dice",
+    "hd95",
+    "iou",
+    "segmentation_scores",
+]
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:
