@@ -10,6 +10,7 @@ from usvl.models.encoders.base import VisionLanguageEncoder
 
 EncoderFactory = Callable[..., VisionLanguageEncoder]
 _ENCODERS: dict[str, EncoderFactory] = {}
+_FAMILIES: dict[str, Callable[..., VisionLanguageEncoder]] = {}
 
 
 def register_encoder(name: str) -> Callable[[EncoderFactory], EncoderFactory]:
@@ -28,9 +29,26 @@ def register_encoder(name: str) -> Callable[[EncoderFactory], EncoderFactory]:
     return decorator
 
 
+def register_encoder_family(prefix: str) -> Callable[[EncoderFactory], EncoderFactory]:
+    """Decorator registering a factory for every name that starts with ``prefix`` (e.g. ``openclip/``).
+
+    The factory is called with the rest of the name as its first argument: ``openclip/ViT-B-16`` calls
+    ``factory("ViT-B-16", **kwargs)``.
+    """
+
+    def decorator(factory: EncoderFactory) -> EncoderFactory:
+        if prefix in _FAMILIES:
+            raise ValueError(f"Encoder family '{prefix}' is already registered")
+        _FAMILIES[prefix] = factory
+        return factory
+
+    return decorator
+
+
 def list_encoders(pattern: str = "*") -> list[str]:
     """Registered encoder names matching a glob pattern, sorted."""
-    return sorted(name for name in _ENCODERS if fnmatch.fnmatch(name, pattern))
+    names = list(_ENCODERS) + [f"{prefix}<model>" for prefix in _FAMILIES]
+    return sorted(name for name in names if fnmatch.fnmatch(name, pattern))
 
 
 def build_encoder(name: str, **kwargs: Any) -> VisionLanguageEncoder:
@@ -43,6 +61,9 @@ def build_encoder(name: str, **kwargs: Any) -> VisionLanguageEncoder:
     Raises:
         KeyError: Unknown name; the message lists the registered ones.
     """
-    if name not in _ENCODERS:
-        raise KeyError(f"Unknown encoder '{name}'. Registered encoders: {', '.join(list_encoders())}")
-    return _ENCODERS[name](**kwargs)
+    if name in _ENCODERS:
+        return _ENCODERS[name](**kwargs)
+    for prefix, factory in _FAMILIES.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return factory(name[len(prefix):], **kwargs)
+    raise KeyError(f"Unknown encoder '{name}'. Registered encoders: {', '.join(list_encoders())}")

@@ -1,0 +1,176 @@
+"""open_clip encoders: BiomedCLIP, OpenAI CLIP, MetaCLIP, UniMed-CLIP and any other open_clip model.
+
+Names: ``openclip/<model>`` where ``<model>`` is an open_clip model name (``ViT-B-16``) or a hub id
+(``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``). Weights resolve from, in order: an explicit
+local checkpoint (``pretrained=/path/to/weights.bin``), the local Hugging Face / open_clip cache, then the hub.
+Offline with nothing cached, one :class:`MissingWeightsError` says what is missing and how to get it.
+
+Both towers stay frozen, including CLIP's own projections; two trainable linear maps, initialised to the
+identity, sit on top, so the adapted model starts exactly at the pretrained CLIP space (zero-shot included).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from usvl.models.encoders.base import ImageFeatures, VisionLanguageEncoder
+from usvl.models.encoders.registry import register_encoder_family
+from usvl.models.encoders.weights import MissingWeightsError
+
+
+def _identity_linear(width: int) -> nn.Linear:
+    layer = nn.Linear(width, width)
+    nn.init.eye_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def create_openclip_model(model: str, pretrained: str | None, cache_dir: str | None, image_size: int | None,
+                          allow_random: bool) -> nn.Module:
+    """Build an open_clip model, resolving weights from a local path, the cache, then the hub.
+
+    Raises:
+        MissingWeightsError: No weights were requested (and random init is not allowed), or they cannot be found
+            locally and the hub is unreachable.
+    """
+    import open_clip
+
+    kwargs = {"cache_dir": cache_dir, "force_image_size": image_size}
+    hub_model = model.startswith("hf-hub:")
+    if pretrained is None and not hub_model:
+        if not allow_random:
+            raise MissingWeightsError(
+                f"No pretrained weights named for open_clip model '{model}'. Pass pretrained=<tag or local file> "
+                f"(tags: open_clip.list_pretrained_tags_by_model('{model}')), or allow_random=true for tests."
+            )
+        return open_clip.create_model(model, pretrained=None, **kwargs)
+    try:
+        return open_clip.create_model(model, pretrained=pretrained, require_pretrained=True, **kwargs)
+    except Exception as error:  # noqa: BLE001  (any loader failure becomes one actionable message)
+        if pretrained and Path(pretrained).expanduser().is_file():
+            raise
+        source = model if hub_model else f"{model} / {pretrained}"
+        raise MissingWeightsError(
+            f"Cannot load open_clip weights for {source}: {type(error).__name__}: {error}. They are neither a "
+            f"local file nor in the cache ({cache_dir or '~/.cache/huggingface'}), and the hub is unreachable. "
+            f"On a connected machine run `python -c \"import open_clip; open_clip.create_model('{model}', "
+            f"pretrained={pretrained!r})\"` and copy the cache here, or pass pretrained=/path/to/checkpoint."
+        ) from error
+
+
+class OpenCLIPEncoder(VisionLanguageEncoder):
+    """An open_clip vision-language model behind the usvl encoder interface.
+
+    Args:
+        model: open_clip model name or ``hf-hub:`` id.
+        pretrained: Pretrained tag (``openai``, ``metaclip_fullcc``, ...) or a local checkpoint file.
+        feature_taps: ViT block indices whose patch tokens become ``ImageFeatures.maps`` (reference: 3, 6, 9).
+        normalization: ``model`` uses the model's own mean/std; ``none`` feeds [0, 1] pixels (the reference code's
+            behaviour, kept as an option).
+        cache_dir: Weights cache folder (default: the Hugging Face / open_clip cache).
+        image_size: Override the model's input size (position embeddings are resized).
+        allow_random: Allow random initialisation when no weights are named (tests only).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        pretrained: str | None = None,
+        feature_taps: Sequence[int] = (3, 6, 9),
+        normalization: Literal["model", "none"] = "model",
+        cache_dir: str | None = None,
+        image_size: int | None = None,
+        allow_random: bool = False,
+    ) -> None:
+        super().__init__()
+        import open_clip
+
+        self.model = create_openclip_model(model, pretrained, cache_dir, image_size, allow_random)
+        self.tokenizer = open_clip.get_tokenizer(model)
+        self.feature_taps = tuple(feature_taps)
+        visual = self.model.visual
+        if hasattr(visual, "trunk"):
+            self._blocks_path, width = "model.visual.trunk.blocks", visual.trunk.embed_dim
+            self.num_prefix_tokens = int(getattr(visual.trunk, "num_prefix_tokens", 1))
+        elif hasattr(visual, "transformer"):
+            self._blocks_path, width = "model.visual.transformer.resblocks", visual.transformer.width
+            self.num_prefix_tokens = 1
+        else:
+            raise ValueError(f"open_clip model '{model}' has no ViT image tower usvl can adapt")
+        self.width = width
+        self.feature_dims = [width] * len(self.feature_taps)
+        self.embed_dim = int(self.model.text_projection.shape[-1]) if hasattr(self.model, "text_projection") \
+            and self.model.text_projection is not None else int(self.model.visual.output_dim)
+        if normalization == "model":
+            self.image_mean = tuple(getattr(visual, "image_mean", self.image_mean))
+            self.image_std = tuple(getattr(visual, "image_std", self.image_std))
+        else:
+            self.image_mean, self.image_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        self.image_projection = _identity_linear(self.embed_dim)
+        self.text_projection = _identity_linear(self.embed_dim)
+        self.freeze_towers()
+        self.train()
+        tag = hashlib.sha256(f"{model}|{pretrained}|{image_size}".encode()).hexdigest()[:12]
+        self.encoder_id = f"openclip/{model}@{tag}"
+
+    @property
+    def text_dim(self) -> int:
+        """Width of CLIP's (projected) text embedding."""
+        return self.embed_dim
+
+    def _blocks(self) -> nn.Module:
+        return self.get_submodule(self._blocks_path)
+
+    @property
+    def adapter_points(self) -> list[tuple[str, int]]:
+        """After every ViT block of the image tower."""
+        return [(f"{self._blocks_path}.{i}", self.width) for i in range(len(self._blocks()))]
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The whole open_clip model (both towers and CLIP's own projections)."""
+        return [self.model]
+
+    def _tokens_to_map(self, tokens: torch.Tensor) -> torch.Tensor:
+        patches = tokens[:, self.num_prefix_tokens:]
+        side = int(round(patches.shape[1] ** 0.5))
+        if side * side != patches.shape[1]:
+            raise ValueError(f"Cannot reshape {patches.shape[1]} patch tokens into a square grid")
+        return patches.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
+
+    def encode_image(self, images: torch.Tensor) -> ImageFeatures:
+        """Encode images; the tapped blocks' patch tokens become maps ``[B, width, h, w]``."""
+        captured: dict[int, torch.Tensor] = {}
+        blocks = self._blocks()
+        handles = [
+            blocks[i].register_forward_hook(lambda _m, _i, out, i=i: captured.__setitem__(i, out))
+            for i in self.feature_taps
+        ]
+        try:
+            pooled = self.model.encode_image(images)
+        finally:
+            for handle in handles:
+                handle.remove()
+        maps = [self._tokens_to_map(captured[i]) for i in self.feature_taps]
+        return ImageFeatures(global_embedding=self.image_projection(pooled), maps=maps, pooled=pooled)
+
+    @torch.no_grad()
+    def encode_text_raw(self, texts: Sequence[str]) -> torch.Tensor:
+        """CLIP text embeddings (frozen tower and projection) ``[N, embed_dim]``."""
+        device = next(self.model.parameters()).device
+        return self.model.encode_text(self.tokenizer(list(texts)).to(device)).float()
+
+    def project_text(self, raw: torch.Tensor) -> torch.Tensor:
+        """Trainable map on top of CLIP's text space (identity at initialisation)."""
+        return self.text_projection(raw)
+
+
+@register_encoder_family("openclip/")
+def openclip_encoder(model: str, **kwargs) -> OpenCLIPEncoder:
+    """``openclip/<model name or hf-hub id>``."""
+    return OpenCLIPEncoder(model, **kwargs)
