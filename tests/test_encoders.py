@@ -14,7 +14,7 @@ from usvl.models.encoders.weights import EFFICIENTNET_LITE0, PackagedWeights
 def test_registry_lists_and_rejects_unknown_names():
     assert "embedded/lit-effnet-minilm" in list_encoders()
     with pytest.raises(KeyError, match="embedded/lit-effnet-minilm"):
-        build_encoder("openclip/not-a-model")
+        build_encoder("nofamily/not-a-model")
 
 
 def test_embedded_encoder_loads_packaged_weights_and_freezes_towers():

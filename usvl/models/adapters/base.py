@@ -19,8 +19,11 @@ class AdaptedModule(nn.Module):
         self.adapter = adapter
 
     def forward(self, *args, **kwargs):
-        """Apply the wrapped module, then the adapter."""
-        return self.adapter(self.base(*args, **kwargs))
+        """Apply the wrapped module, then the adapter (to the first element when the module returns a tuple)."""
+        output = self.base(*args, **kwargs)
+        if isinstance(output, tuple):
+            return (self.adapter(output[0]), *output[1:])
+        return self.adapter(output)
 
 
 class Adapter(ABC):

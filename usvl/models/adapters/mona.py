@@ -369,7 +369,8 @@ class MonaAdapter(Adapter):
         points: Indices into the encoder's ``adapter_points``; ``None`` adapts all of them.
         zero_init: Start each layer as an identity.
         freq_size: Parameter grid ``(fu, fv)`` of the frequency filter (``freq`` and ``hybrid``).
-        num_prefix_tokens: For token outputs: leading tokens (CLS, registers) that skip the 2-D op.
+        num_prefix_tokens: For token outputs: leading tokens (CLS, registers) that skip the 2-D op; ``None`` takes
+            the encoder's ``num_prefix_tokens`` (1 when it has none).
         grid_size: For token outputs: patch grid ``(h, w)``; ``None`` infers a square grid.
 
     Raises:
@@ -386,7 +387,7 @@ class MonaAdapter(Adapter):
         points: Sequence[int] | None = None,
         zero_init: bool = True,
         freq_size: tuple[int, int] = (14, 8),
-        num_prefix_tokens: int = 1,
+        num_prefix_tokens: int | None = None,
         grid_size: tuple[int, int] | None = None,
     ) -> None:
         if variant not in MONA_VARIANTS:
@@ -403,6 +404,9 @@ class MonaAdapter(Adapter):
     def apply(self, encoder: VisionLanguageEncoder) -> list[nn.Module]:
         """Wrap each chosen point of ``encoder`` with a :class:`MonaLayer`."""
         layers = []
+        prefix = self.num_prefix_tokens
+        if prefix is None:
+            prefix = int(getattr(encoder, "num_prefix_tokens", 1))
         for qualified_name, channels in select_points(encoder, self.points):
             layer = MonaLayer(
                 channels,
@@ -411,7 +415,7 @@ class MonaAdapter(Adapter):
                 self.zero_init,
                 self.variant,
                 freq_size=self.freq_size,
-                num_prefix_tokens=self.num_prefix_tokens,
+                num_prefix_tokens=prefix,
                 grid_size=self.grid_size,
             )
             wrap_module(encoder, qualified_name, layer)

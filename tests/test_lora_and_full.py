@@ -1,0 +1,207 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from usvl.models.adapters import (
+    DEFAULT_LORA_TARGETS,
+    Adapter,
+    FullFineTune,
+    LoRAAdapter,
+    MonaAdapter,
+    NoAdapter,
+    lora_layers,
+)
+from usvl.models.adapters.full import NoAdapter as LinearProbe
+from usvl.models.encoders import LiTEffNetMiniLM, TinyViTCLIP
+
+torch.set_num_threads(1)
+
+PROJECTIONS = ("image_projection.", "text_projection.")
+
+
+def tiny(**kwargs) -> TinyViTCLIP:
+    return TinyViTCLIP(**{"depth": 2, "feature_taps": (0, 1), **kwargs})
+
+
+def canonical(name: str) -> str:
+    """Parameter name before adaptation: drop the AdaptedModule ``.base`` and peft ``.base_layer`` levels."""
+    return name.replace(".base_layer.", ".").replace(".base.", ".")
+
+
+ADAPTERS = {
+    "none": (NoAdapter, lambda name: False),
+    "mona-baseline": (lambda: MonaAdapter("baseline", bottleneck=16), lambda name: ".adapter." in name),
+    "mona-noise_aware": (lambda: MonaAdapter("noise_aware", bottleneck=16), lambda name: ".adapter." in name),
+    "mona-freq": (lambda: MonaAdapter("freq", bottleneck=16, freq_size=(6, 4)), lambda name: ".adapter." in name),
+    "mona-hybrid": (lambda: MonaAdapter("hybrid", bottleneck=16), lambda name: ".adapter." in name),
+    "lora": (lambda: LoRAAdapter(r=4, alpha=4), lambda name: ".lora_" in name),
+    "full": (FullFineTune, lambda name: name.startswith("image_tower.")),
+}
+
+
+@pytest.mark.parametrize("kind", list(ADAPTERS))
+def test_every_adapter_trains_exactly_its_parameters(kind):
+    factory, is_adapter = ADAPTERS[kind]
+    encoder = tiny()
+    before = {name: p.detach().clone() for name, p in encoder.named_parameters()}
+    adapter: Adapter = factory()
+    adapter.apply(encoder)
+    for name, parameter in encoder.named_parameters():
+        assert parameter.requires_grad == (name.startswith(PROJECTIONS) or is_adapter(name)), name
+
+    encoder.train()
+    assert not encoder.text_tower.training
+    assert encoder.image_tower.training == (kind == "full")
+    new = [n for n, _ in encoder.named_parameters() if canonical(n) not in before]
+    assert all(is_adapter(n) for n in new)
+    inserted = {n: p.detach().clone() for n, p in encoder.named_parameters() if n in new}
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=0.5)
+    features = encoder.encode_image(torch.randn(2, 3, 48, 64))
+    loss = features.global_embedding.square().mean() + sum(m.square().mean() for m in features.maps)
+    loss = loss + encoder.encode_text(["benign", "malignant"]).square().mean()
+    loss.backward()
+    assert all(p.grad is not None for p in trainable)
+    optimizer.step()
+
+    changed = {
+        canonical(n)
+        for n, p in encoder.named_parameters()
+        if canonical(n) in before and not torch.equal(p, before[canonical(n)])
+    }
+    for name, parameter in encoder.named_parameters():
+        original = canonical(name)
+        if original in before and not parameter.requires_grad:
+            assert torch.equal(parameter, before[original]), f"frozen {name} changed"
+    assert {"image_projection.weight", "text_projection.weight"} <= changed
+    assert any(n.startswith("image_tower.") for n in changed) == (kind == "full")
+    assert not any(n.startswith("text_tower.") for n in changed)
+    assert bool(inserted) == kind.startswith(("mona", "lora"))
+    if inserted:
+        assert any(not torch.equal(p, inserted[n]) for n, p in encoder.named_parameters() if n in inserted)
+
+
+def test_lora_count_on_vit_b16_is_884736():
+    import timm
+
+    holder = nn.Module()
+    holder.image_tower = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
+    adapter = LoRAAdapter(r=16, alpha=16, use_rslora=True)
+    targets = adapter.targets(holder)
+    assert len(targets) == 24
+    assert targets[:2] == ["image_tower.blocks.0.attn.qkv", "image_tower.blocks.0.attn.proj"]
+    layers = adapter.apply(holder)
+    assert len(layers) == 24
+    lora = sum(p.numel() for n, p in holder.named_parameters() if ".lora_" in n)
+    per_block = 16 * (768 + 2304) + 16 * (768 + 768)
+    assert per_block == 73_728 and lora == 12 * per_block == 884_736
+    assert sum(p.numel() for p in holder.parameters() if p.requires_grad) == 884_736
+    assert all(layer.scaling["default"] == 16 / math.sqrt(16) == 4.0 for layer in layers)
+
+
+@pytest.mark.parametrize(("alpha", "use_rslora", "expected"), [(16, True, 4.0), (32, True, 8.0), (16, False, 1.0)])
+def test_lora_scaling_is_applied(alpha, use_rslora, expected):
+    encoder = tiny()
+    adapter = LoRAAdapter(r=16, alpha=alpha, use_rslora=use_rslora, dropout=0.0)
+    assert adapter.scaling == expected
+    layer = adapter.apply(encoder)[0]
+    assert layer.scaling["default"] == expected
+    nn.init.normal_(layer.lora_B["default"].weight)
+    layer.eval()
+    x = torch.randn(3, 64)
+    base = layer.get_base_layer()
+    manual = base(x) + expected * layer.lora_B["default"](layer.lora_A["default"](x))
+    assert torch.allclose(layer(x), manual, atol=1e-5)
+
+
+def test_lora_dropout_follows_train_while_the_tower_stays_in_eval():
+    encoder = tiny()
+    layers = LoRAAdapter(dropout=0.3).apply(encoder)
+    encoder.train()
+    assert not encoder.image_tower.training
+    for layer in layers:
+        assert layer.lora_dropout["default"].training
+        assert not layer.get_base_layer().training
+    frozen_dropouts = [
+        m for n, m in encoder.image_tower.named_modules() if isinstance(m, nn.Dropout) and ".lora_" not in n
+    ]
+    assert frozen_dropouts and not any(m.training for m in frozen_dropouts)
+    encoder.eval()
+    assert not any(layer.lora_dropout["default"].training for layer in layers)
+
+
+def test_lora_custom_targets():
+    encoder = tiny()
+    assert LoRAAdapter(target_modules=["attn.qkv"]).targets(encoder) == [
+        "image_tower.blocks.0.attn.qkv",
+        "image_tower.blocks.1.attn.qkv",
+    ]
+    regex = LoRAAdapter(target_modules=r"image_tower\.blocks\.1\.mlp\.fc\d")
+    assert len(regex.apply(encoder)) == 2
+    assert {n.split(".lora_")[0] for n, _ in encoder.named_parameters() if ".lora_" in n} == {
+        "image_tower.blocks.1.mlp.fc1",
+        "image_tower.blocks.1.mlp.fc2",
+    }
+    with pytest.raises(ValueError, match="already holds LoRA"):
+        LoRAAdapter().apply(encoder)
+    # Only the image tower is ever adapted: the projection is not a valid target.
+    with pytest.raises(ValueError, match="match no module"):
+        LoRAAdapter(target_modules=["image_projection"]).apply(tiny())
+    with pytest.raises(ValueError, match="not Linear"):
+        LoRAAdapter(target_modules=["blocks.0.norm1"]).apply(tiny())
+
+
+def test_lora_on_a_cnn_tower_fails_clearly():
+    encoder = LiTEffNetMiniLM(embed_dim=16, pretrained=False)
+    with pytest.raises(ValueError) as error:
+        LoRAAdapter().apply(encoder)
+    message = str(error.value)
+    assert "match no module" in message and encoder.encoder_id in message and DEFAULT_LORA_TARGETS in message
+
+
+@pytest.mark.parametrize("unload", [True, False])
+def test_merging_lora_keeps_outputs(unload):
+    encoder = tiny()
+    layers = LoRAAdapter(r=4, alpha=8).apply(encoder)
+    for layer in layers:
+        nn.init.normal_(layer.lora_B["default"].weight, std=0.1)
+    encoder.eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        reference = encoder.encode_image(images)
+        frozen = TinyViTCLIP(depth=2, feature_taps=(0, 1)).eval()
+        frozen.load_state_dict({canonical(k): v for k, v in encoder.state_dict().items() if ".lora_" not in k})
+        assert not torch.allclose(frozen.encode_image(images).global_embedding, reference.global_embedding, atol=1e-4)
+        assert LoRAAdapter.merge(encoder, unload=unload) == len(layers) == 4
+        merged = encoder.encode_image(images)
+    assert torch.allclose(merged.global_embedding, reference.global_embedding, atol=1e-5)
+    for a, b in zip(merged.maps, reference.maps, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    if unload:
+        assert not lora_layers(encoder)
+        assert type(encoder.image_tower.blocks[0].attn.qkv) is nn.Linear
+        assert not any(".lora_" in n for n in encoder.state_dict())
+    else:
+        assert all(layer.merged for layer in layers)
+
+
+def test_full_fine_tune_updates_norm_statistics_like_ordinary_training():
+    encoder = LiTEffNetMiniLM(embed_dim=16, pretrained=False)
+    (tower,) = FullFineTune().apply(encoder)
+    assert tower is encoder.image_tower
+    assert all(p.requires_grad for p in encoder.image_tower.parameters())
+    encoder.train()
+    assert encoder.image_tower.training and encoder.image_tower.bn2.training
+    running_mean = encoder.image_tower.bn2.running_mean.clone()
+    encoder.encode_image(torch.randn(2, 3, 64, 64))
+    assert not torch.equal(encoder.image_tower.bn2.running_mean, running_mean)
+    encoder.eval()
+    assert not encoder.image_tower.training
+
+
+def test_linear_probe_is_the_no_adapter():
+    assert LinearProbe is NoAdapter and NoAdapter().apply(tiny()) == []
+    with pytest.raises(ValueError, match="no image tower"):
+        FullFineTune(tower="vision").apply(tiny())
