@@ -2,5 +2,6 @@
 
 from usvl.tasks.base import AdaptedEncoderTask
 from usvl.tasks.classification import ClassificationTask
+from usvl.tasks.segmentation import SegmentationTask
 
-__all__ = ["AdaptedEncoderTask", "ClassificationTask"]
+__all__ = ["AdaptedEncoderTask", "ClassificationTask", "SegmentationTask"]

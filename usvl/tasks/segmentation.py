@@ -1,0 +1,211 @@
+"""SegmentationTask: frozen vision-language encoder + adapters + multi-scale decoder, optionally text-conditioned."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from usvl.losses import DiceCELoss
+from usvl.models.adapters.base import Adapter
+from usvl.models.encoders.base import VisionLanguageEncoder
+from usvl.models.heads.classification import class_prototypes
+from usvl.segmentation_metrics import SegmentationMetrics
+from usvl.tasks.base import AdaptedEncoderTask
+
+HeadFactory = Callable[[list[int], int], nn.Module]
+
+NORMAL_CLASS_NAMES = ("normal",)
+"""Class names that mean "no lesion"; their prototypes are left out of the default lesion text vector."""
+
+
+class SegmentationTask(AdaptedEncoderTask):
+    """Binary lesion segmentation from the encoder's multi-scale maps, with the class text as conditioning.
+
+    The head gets the tapped maps and, if it uses text (``head.uses_text``), one text vector: the normalised mean of
+    the projected class prototypes of ``lesion_classes``. The class descriptions come from the
+    ``TextEmbeddingCache`` callback, as in :class:`~usvl.tasks.ClassificationTask`.
+
+    Validation and test accumulate :class:`~usvl.segmentation_metrics.SegmentationMetrics` (masks thresholded at
+    ``threshold``) and log every entry of its ``compute()`` at epoch end as ``val/<key>`` / ``test/<key>``
+    (``dice``, ``iou``, ``hd95``, ``asd``, ``fp_rate_normal``, the empty-mask case counts, ...). Entries that are
+    undefined for the epoch (e.g. ``fp_rate_normal`` without normal images) are logged as NaN, so the set of keys
+    is always the same. Distances are in pixels at the model resolution, or in mm with ``pixel_spacing_mm``.
+
+    The image projection of the encoder is frozen (the head reads the maps, not the pooled embedding), and so is
+    the text projection when the head ignores text, so that the trainable-parameter count and the checkpoint hold
+    only what is trained.
+
+    Args:
+        encoder: The vision-language encoder (its ``feature_dims`` size the head).
+        head: Head factory called as ``head(feature_dims, embed_dim)``, e.g. ``MultiScaleSegmentationHead``.
+        num_classes: Number of image classes (linked from the data module; used for the text only).
+        class_names: Class names in label order (linked from the data module); the text descriptions are looked up
+            by these names.
+        adapter: How to adapt the image tower.
+        optimizer: Optimizer factory.
+        scheduler: Learning-rate scheduler factory.
+        channels_last: Run convolutions in channels-last memory format.
+        loss: Segmentation loss on one-channel logits and 0/1 masks; defaults to ``DiceCELoss()``.
+        threshold: Probability above which a pixel is predicted as lesion (evaluation and prediction).
+        pixel_spacing_mm: Size of one pixel at the model resolution (after resizing to ``image_size``), in mm;
+            HD95 and ASD are then reported in mm. ``None`` reports them in pixels.
+        lesion_classes: Classes whose prototypes are averaged into the text vector; ``None`` takes every class
+            except ``normal`` (or all classes if that leaves none).
+    """
+
+    def __init__(
+        self,
+        encoder: VisionLanguageEncoder,
+        head: HeadFactory,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        adapter: Adapter | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        channels_last: bool = True,
+        loss: DiceCELoss | None = None,
+        threshold: float = 0.5,
+        pixel_spacing_mm: float | None = None,
+        lesion_classes: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(encoder, adapter, optimizer, scheduler, channels_last)
+        # Evaluation-only settings stay out of the checkpoint, so `usvl test --ckpt_path` can change them.
+        self.save_hyperparameters(ignore=["encoder", "head", "adapter", "optimizer", "scheduler", "loss", "threshold",
+                                          "pixel_spacing_mm"])
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+        if pixel_spacing_mm is not None and not (math.isfinite(pixel_spacing_mm) and pixel_spacing_mm > 0):
+            raise ValueError(f"pixel_spacing_mm must be positive, got {pixel_spacing_mm}")
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
+        if lesion_classes is None:
+            lesion_classes = [n for n in self.class_names if n.lower() not in NORMAL_CLASS_NAMES] or self.class_names
+        unknown = [n for n in lesion_classes if n not in self.class_names]
+        if unknown or not lesion_classes:
+            raise ValueError(f"lesion_classes {list(lesion_classes)} must be a non-empty subset of {self.class_names}")
+        self.lesion_classes = list(lesion_classes)
+        self.head = head(list(encoder.feature_dims), encoder.embed_dim)
+        self.uses_text = bool(getattr(self.head, "uses_text", False))
+        self._freeze_unused_projections()
+        self.loss = loss if loss is not None else DiceCELoss()
+        self.threshold = threshold
+        self.pixel_spacing_mm = pixel_spacing_mm
+        self.text_embeddings: torch.Tensor | None = None
+        self.val_metrics = SegmentationMetrics()
+        self.test_metrics = SegmentationMetrics()
+        self.last_test_records: list[dict[str, Any]] = []
+
+    def _freeze_unused_projections(self) -> None:
+        unused = {"image_projection"} if self.uses_text else {"image_projection", "text_projection"}
+        for name, parameter in self.encoder.named_parameters():
+            if name.split(".")[0] in unused:
+                parameter.requires_grad_(False)
+
+    def set_text_embeddings(self, embeddings: torch.Tensor) -> None:
+        """Frozen text-tower embeddings of the class descriptions, ``[num_classes, phrasings, text_dim]``.
+
+        Raises:
+            ValueError: The first dimension does not match the number of classes.
+        """
+        if embeddings.ndim != 3 or embeddings.shape[0] != self.num_classes:
+            raise ValueError(f"Expected [{self.num_classes}, P, D] text embeddings, got {tuple(embeddings.shape)}")
+        self.text_embeddings = embeddings.to(self.device)
+
+    def lesion_text(self) -> torch.Tensor:
+        """The text vector ``[embed_dim]``: normalised mean of the projected prototypes of ``lesion_classes``.
+
+        Raises:
+            RuntimeError: No text embeddings were set (add the ``TextEmbeddingCache`` callback).
+        """
+        if self.text_embeddings is None:
+            raise RuntimeError("No class text embeddings: add usvl.text.TextEmbeddingCache to trainer.callbacks "
+                               "or use a head without text conditioning")
+        raw = self.text_embeddings.to(self.device)
+        projected = self.encoder.project_text(raw.flatten(0, 1)).view(*raw.shape[:2], -1)
+        prototypes = class_prototypes(projected)
+        index = [self.class_names.index(name) for name in self.lesion_classes]
+        return F.normalize(prototypes[index].mean(dim=0), dim=-1)
+
+    def forward(self, images: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
+        """Lesion logits ``[B, 1, H, W]`` at ``output_size`` (default: the image size)."""
+        features = self.encoder.encode_image(self.prepare_images(images))
+        text = self.lesion_text() if self.uses_text else None
+        return self.head(features, text, tuple(output_size or images.shape[-2:]))
+
+    def predict_masks(self, logits: torch.Tensor) -> torch.Tensor:
+        """Boolean masks from logits: lesion probability above ``threshold``."""
+        return logits.detach().float().sigmoid() > self.threshold
+
+    def _spacing(self) -> tuple[float, float] | None:
+        return None if self.pixel_spacing_mm is None else (self.pixel_spacing_mm, self.pixel_spacing_mm)
+
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        if "mask" not in batch:
+            raise KeyError("The batch has no 'mask': set data.init_args.task to segmentation")
+        masks = batch["mask"]
+        logits = self(batch["image"], output_size=masks.shape[-2:])
+        loss = self.loss(logits, masks)
+        if stage != "train":
+            getattr(self, f"{stage}_metrics").update(self.predict_masks(logits), masks, spacing=self._spacing())
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(masks))
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """Segmentation loss on a training batch."""
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Validation loss; update validation metrics."""
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Test loss; update test metrics."""
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Image names and predicted masks (``uint8`` 0/1, ``[B, 1, H, W]`` at the image size)."""
+        logits = self(batch["image"])
+        return {"name": batch["name"], "mask": self.predict_masks(logits).to(torch.uint8).cpu()}
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        metrics: SegmentationMetrics = getattr(self, f"{stage}_metrics")
+        if not metrics.update_called:
+            return
+        values = metrics.compute()
+        if stage == "test":
+            self.last_test_records = metrics.per_image()
+        self.log(f"{stage}/dice", float(values.pop("dice")), prog_bar=True)
+        self.log_dict({f"{stage}/{key}": float(value) for key, value in values.items()})
+        metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        """Log validation metrics."""
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Log test metrics."""
+        self._log_epoch_metrics("test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Trainable weights only, plus the class text embeddings so the checkpoint is self-contained."""
+        super().on_save_checkpoint(checkpoint)
+        if self.text_embeddings is not None:
+            checkpoint["usvl"]["text_embeddings"] = self.text_embeddings.cpu()
+        checkpoint["usvl"]["class_names"] = self.class_names
+        checkpoint["usvl"]["lesion_classes"] = self.lesion_classes
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the class text embeddings saved with the checkpoint."""
+        super().on_load_checkpoint(checkpoint)
+        embeddings = checkpoint.get("usvl", {}).get("text_embeddings")
+        if embeddings is not None and self.text_embeddings is None:
+            self.set_text_embeddings(embeddings)
