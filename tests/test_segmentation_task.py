@@ -190,3 +190,19 @@ def test_test_from_checkpoint_reproduces_the_fit_metrics(smoke_run, tmp_path):
     after_fit = json.loads((run / "test_metrics.json").read_text())["metrics"]
     assert standalone["test/dice"] == pytest.approx(after_fit["test/dice"], abs=1e-6)
     assert standalone["test/loss"] == pytest.approx(after_fit["test/loss"], abs=1e-5)
+
+
+def test_predict_writes_one_mask_png_per_image_without_overwriting(smoke_run, tmp_path):
+    run, _ = smoke_run
+    checkpoint_path = str(next((run / "checkpoints").glob("*.ckpt")))
+    args = ["predict", "--config", SMOKE, "--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path",
+            checkpoint_path]
+    run_lightning(args)
+    run_lightning(args)
+    folders = sorted(p for p in tmp_path.rglob("predictions*") if p.is_dir())
+    assert len(folders) == 2
+    masks = sorted(folders[0].glob("*.png"))
+    assert len(masks) == 8
+    from PIL import Image
+
+    assert set(Image.open(masks[0]).getdata()) <= {0, 255}

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -47,3 +49,42 @@ class ClassificationPredictionWriter(BasePredictionWriter):
                     writer.writerow([name, *[f"{p:.6f}" for p in probabilities], label])
         self.last_path = path
         log.info("Predictions written to %s", path)
+
+
+def unique_folder(folder: Path) -> Path:
+    """``folder`` if it does not exist yet, else ``folder-1``, ``folder-2``, ... (never reuses a folder)."""
+    candidate, index = folder, 0
+    while candidate.exists():
+        index += 1
+        candidate = folder.with_name(f"{folder.name}-{index}")
+    return candidate
+
+
+class SegmentationPredictionWriter(BasePredictionWriter):
+    """Write each predicted mask as a 0/255 PNG named like its image, after ``usvl predict``.
+
+    Args:
+        output_dir: Parent folder; defaults to the run's log dir. Masks go into a new ``predictions`` folder
+            (``predictions-1``, ... if it exists), so earlier predictions are never overwritten.
+    """
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+        self.folder: Path | None = None
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Choose a fresh output folder for this prediction run."""
+        self.folder = unique_folder(Path(self.output_dir or trainer.log_dir or ".") / "predictions")
+        self.folder.mkdir(parents=True)
+
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
+                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+        """Save the batch's masks."""
+        for name, mask in zip(prediction["name"], prediction["mask"], strict=True):
+            array = (mask.squeeze().cpu().numpy() > 0).astype(np.uint8) * 255
+            Image.fromarray(array).save(self.folder / f"{Path(name).stem}.png")
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Say where the masks went."""
+        log.info("Predicted masks written to %s", self.folder)
