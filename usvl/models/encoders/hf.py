@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from usvl.models.encoders.base import ImageFeatures, VisionLanguageEncoder
+from usvl.models.encoders.common import identity_linear, tokens_to_map
 from usvl.models.encoders.registry import register_encoder_family
 from usvl.models.encoders.weights import MissingWeightsError
 
@@ -30,12 +31,6 @@ def _pooled(output) -> torch.Tensor:
     """``get_*_features`` returns a tensor (transformers 4) or an output whose ``pooler_output`` it is (5)."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
-
-def _identity_linear(width: int) -> nn.Linear:
-    layer = nn.Linear(width, width)
-    nn.init.eye_(layer.weight)
-    nn.init.zeros_(layer.bias)
-    return layer
 
 
 def load_hf_model(model: str, cache_dir: str | None):
@@ -91,8 +86,8 @@ class HFCLIPEncoder(VisionLanguageEncoder):
         family = "siglip" if "siglip" in self.model.config.model_type else "clip"
         mean, std = self._processor_stats(source, cache_dir) or DEFAULT_STATS[family]
         self.image_mean, self.image_std = (mean, std) if normalization == "model" else ((0.0,) * 3, (1.0,) * 3)
-        self.image_projection = _identity_linear(self.embed_dim)
-        self.text_projection = _identity_linear(self.embed_dim)
+        self.image_projection = identity_linear(self.embed_dim)
+        self.text_projection = identity_linear(self.embed_dim)
         self.freeze_towers()
         self.train()
         tag = hashlib.sha256(source.encode()).hexdigest()[:12]
@@ -123,13 +118,6 @@ class HFCLIPEncoder(VisionLanguageEncoder):
         """The whole transformers model."""
         return [self.model]
 
-    def _tokens_to_map(self, tokens: torch.Tensor) -> torch.Tensor:
-        patches = tokens[:, self.num_prefix_tokens:]
-        side = int(round(patches.shape[1] ** 0.5))
-        if side * side != patches.shape[1]:
-            raise ValueError(f"Cannot reshape {patches.shape[1]} patch tokens into a square grid")
-        return patches.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
-
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """Encode images; the tapped layers' patch tokens become maps ``[B, width, h, w]``."""
         captured: dict[int, torch.Tensor] = {}
@@ -144,7 +132,7 @@ class HFCLIPEncoder(VisionLanguageEncoder):
         finally:
             for handle in handles:
                 handle.remove()
-        maps = [self._tokens_to_map(captured[i]) for i in self.feature_taps]
+        maps = [tokens_to_map(captured[i], self.num_prefix_tokens) for i in self.feature_taps]
         return ImageFeatures(global_embedding=self.image_projection(pooled), maps=maps, pooled=pooled)
 
     @torch.no_grad()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from usvl.models.encoders.base import ImageFeatures, VisionLanguageEncoder
+from usvl.models.encoders.common import tokens_to_map
 from usvl.models.encoders.registry import register_encoder_family
 from usvl.models.encoders.weights import MissingWeightsError
 
@@ -123,13 +124,6 @@ class TimmHFEncoder(VisionLanguageEncoder):
         """Both towers."""
         return [self.image_tower, self.text_tower]
 
-    def _as_map(self, output: torch.Tensor) -> torch.Tensor:
-        if output.ndim == 4:
-            return output
-        patches = output[:, self.num_prefix_tokens:]
-        side = int(round(patches.shape[1] ** 0.5))
-        return patches.transpose(1, 2).reshape(output.shape[0], -1, side, side)
-
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """Run the image tower, tapping the chosen feature levels."""
         captured: dict[int, torch.Tensor] = {}
@@ -143,7 +137,7 @@ class TimmHFEncoder(VisionLanguageEncoder):
         finally:
             for handle in handles:
                 handle.remove()
-        maps = [self._as_map(captured[i]) for i in self.feature_taps]
+        maps = [tokens_to_map(captured[i], self.num_prefix_tokens) for i in self.feature_taps]
         return ImageFeatures(global_embedding=self.image_projection(pooled), maps=maps, pooled=pooled)
 
     @torch.no_grad()

@@ -20,15 +20,9 @@ import torch
 from torch import nn
 
 from usvl.models.encoders.base import ImageFeatures, VisionLanguageEncoder
+from usvl.models.encoders.common import identity_linear, tokens_to_map
 from usvl.models.encoders.registry import register_encoder_family
 from usvl.models.encoders.weights import MissingWeightsError
-
-
-def _identity_linear(width: int) -> nn.Linear:
-    layer = nn.Linear(width, width)
-    nn.init.eye_(layer.weight)
-    nn.init.zeros_(layer.bias)
-    return layer
 
 
 def create_openclip_model(model: str, pretrained: str | None, cache_dir: str | None, image_size: int | None,
@@ -112,8 +106,8 @@ class OpenCLIPEncoder(VisionLanguageEncoder):
             self.image_std = tuple(getattr(visual, "image_std", self.image_std))
         else:
             self.image_mean, self.image_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-        self.image_projection = _identity_linear(self.embed_dim)
-        self.text_projection = _identity_linear(self.embed_dim)
+        self.image_projection = identity_linear(self.embed_dim)
+        self.text_projection = identity_linear(self.embed_dim)
         self.freeze_towers()
         self.train()
         tag = hashlib.sha256(f"{model}|{pretrained}|{image_size}".encode()).hexdigest()[:12]
@@ -136,13 +130,6 @@ class OpenCLIPEncoder(VisionLanguageEncoder):
         """The whole open_clip model (both towers and CLIP's own projections)."""
         return [self.model]
 
-    def _tokens_to_map(self, tokens: torch.Tensor) -> torch.Tensor:
-        patches = tokens[:, self.num_prefix_tokens:]
-        side = int(round(patches.shape[1] ** 0.5))
-        if side * side != patches.shape[1]:
-            raise ValueError(f"Cannot reshape {patches.shape[1]} patch tokens into a square grid")
-        return patches.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
-
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """Encode images; the tapped blocks' patch tokens become maps ``[B, width, h, w]``."""
         captured: dict[int, torch.Tensor] = {}
@@ -156,7 +143,7 @@ class OpenCLIPEncoder(VisionLanguageEncoder):
         finally:
             for handle in handles:
                 handle.remove()
-        maps = [self._tokens_to_map(captured[i]) for i in self.feature_taps]
+        maps = [tokens_to_map(captured[i], self.num_prefix_tokens) for i in self.feature_taps]
         return ImageFeatures(global_embedding=self.image_projection(pooled), maps=maps, pooled=pooled)
 
     @torch.no_grad()
