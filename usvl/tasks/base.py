@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -11,6 +12,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from usvl.models.adapters.base import Adapter, NoAdapter
 from usvl.models.encoders.base import VisionLanguageEncoder
+from usvl.models.heads.classification import class_prototypes
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,42 @@ class AdaptedEncoderTask(pl.LightningModule):
         std = torch.tensor(encoder.image_std).view(1, 3, 1, 1)
         self.register_buffer("image_mean", mean, persistent=False)
         self.register_buffer("image_std", std, persistent=False)
+        self.num_classes = 0
+        self.class_names: list[str] = []
+        self.text_embeddings: torch.Tensor | None = None
+
+    def set_classes(self, num_classes: int, class_names: Sequence[str] | None) -> None:
+        """Record the classes (linked from the data module); names default to ``"0"``, ``"1"``, ...
+
+        Raises:
+            ValueError: The number of names differs from ``num_classes``.
+        """
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
+
+    def set_text_embeddings(self, embeddings: torch.Tensor) -> None:
+        """Frozen text-tower embeddings of the class descriptions, ``[num_classes, phrasings, text_dim]``.
+
+        Raises:
+            ValueError: The first dimension does not match the number of classes.
+        """
+        if embeddings.ndim != 3 or embeddings.shape[0] != self.num_classes:
+            raise ValueError(f"Expected [{self.num_classes}, P, D] text embeddings, got {tuple(embeddings.shape)}")
+        self.text_embeddings = embeddings.to(self.device)
+
+    def class_text(self) -> torch.Tensor:
+        """Projected class prototypes ``[K, embed_dim]``.
+
+        Raises:
+            RuntimeError: No text embeddings were set (add the ``TextEmbeddingCache`` callback).
+        """
+        if self.text_embeddings is None:
+            raise RuntimeError("No class text embeddings: add usvl.text.TextEmbeddingCache to trainer.callbacks")
+        raw = self.text_embeddings.to(self.device)
+        projected = self.encoder.project_text(raw.flatten(0, 1)).view(*raw.shape[:2], -1)
+        return class_prototypes(projected)
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable and total parameter counts (the text tower is counted only once loaded)."""
@@ -92,13 +130,16 @@ class AdaptedEncoderTask(pl.LightningModule):
         return keys
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only trainable weights: the frozen towers reload from their packages."""
+        """Keep only trainable weights (frozen towers reload from their packages), plus classes and text embeddings."""
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["usvl"] = {"encoder_id": self.encoder.encoder_id, "trainable_only": True}
+        checkpoint["usvl"] = {"encoder_id": self.encoder.encoder_id, "trainable_only": True,
+                              "class_names": self.class_names}
+        if self.text_embeddings is not None:
+            checkpoint["usvl"]["text_embeddings"] = self.text_embeddings.cpu()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check that every trainable weight is present, so a partial load cannot pass silently.
+        """Check that every trainable weight is present, and restore the saved class text embeddings.
 
         Raises:
             KeyError: The checkpoint misses trainable weights of this model.
@@ -106,3 +147,6 @@ class AdaptedEncoderTask(pl.LightningModule):
         missing = sorted(self.trainable_state_keys() - set(checkpoint["state_dict"]))
         if missing:
             raise KeyError(f"Checkpoint lacks {len(missing)} trainable weights, e.g. {missing[:5]}")
+        embeddings = checkpoint.get("usvl", {}).get("text_embeddings")
+        if embeddings is not None and self.text_embeddings is None:
+            self.set_text_embeddings(embeddings)

@@ -13,7 +13,6 @@ from torch import nn
 from usvl.metrics import classification_metrics
 from usvl.models.adapters.base import Adapter
 from usvl.models.encoders.base import VisionLanguageEncoder
-from usvl.models.heads.classification import class_prototypes
 from usvl.tasks.base import AdaptedEncoderTask
 
 HeadFactory = Callable[[int, int], nn.Module]
@@ -52,40 +51,14 @@ class ClassificationTask(AdaptedEncoderTask):
         super().__init__(encoder, adapter, optimizer, scheduler, channels_last)
         # Evaluation-only switches stay out of the checkpoint, so `usvl test --ckpt_path` can change them.
         self.save_hyperparameters(ignore=["encoder", "head", "adapter", "optimizer", "scheduler", "test_time_flip"])
-        self.num_classes = num_classes
-        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        if len(self.class_names) != num_classes:
-            raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
+        self.set_classes(num_classes, class_names)
         self.head = head(encoder.embed_dim, num_classes)
         self.label_smoothing = label_smoothing
         self.test_time_flip = test_time_flip
-        self.text_embeddings: torch.Tensor | None = None
         metrics = classification_metrics(num_classes)
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
-
-    def set_text_embeddings(self, embeddings: torch.Tensor) -> None:
-        """Frozen text-tower embeddings of the class descriptions, ``[num_classes, phrasings, text_dim]``.
-
-        Raises:
-            ValueError: The first dimension does not match the number of classes.
-        """
-        if embeddings.ndim != 3 or embeddings.shape[0] != self.num_classes:
-            raise ValueError(f"Expected [{self.num_classes}, P, D] text embeddings, got {tuple(embeddings.shape)}")
-        self.text_embeddings = embeddings.to(self.device)
-
-    def class_text(self) -> torch.Tensor:
-        """Projected class prototypes ``[K, embed_dim]``.
-
-        Raises:
-            RuntimeError: No text embeddings were set (add the ``TextEmbeddingCache`` callback).
-        """
-        if self.text_embeddings is None:
-            raise RuntimeError("No class text embeddings: add usvl.text.TextEmbeddingCache to trainer.callbacks")
-        raw = self.text_embeddings.to(self.device)
-        projected = self.encoder.project_text(raw.flatten(0, 1)).view(*raw.shape[:2], -1)
-        return class_prototypes(projected)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits ``[B, K]`` for a batch of images."""
@@ -148,17 +121,3 @@ class ClassificationTask(AdaptedEncoderTask):
     def on_test_epoch_end(self) -> None:
         """Log test metrics."""
         self._log_epoch_metrics("test")
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Trainable weights only, plus the class text embeddings so the checkpoint is self-contained."""
-        super().on_save_checkpoint(checkpoint)
-        if self.text_embeddings is not None:
-            checkpoint["usvl"]["text_embeddings"] = self.text_embeddings.cpu()
-        checkpoint["usvl"]["class_names"] = self.class_names
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the class text embeddings saved with the checkpoint."""
-        super().on_load_checkpoint(checkpoint)
-        embeddings = checkpoint.get("usvl", {}).get("text_embeddings")
-        if embeddings is not None and self.text_embeddings is None:
-            self.set_text_embeddings(embeddings)

@@ -14,7 +14,6 @@ from torch import nn
 from usvl.losses import DiceCELoss
 from usvl.models.adapters.base import Adapter
 from usvl.models.encoders.base import VisionLanguageEncoder
-from usvl.models.heads.classification import class_prototypes
 from usvl.segmentation_metrics import SegmentationMetrics
 from usvl.tasks.base import AdaptedEncoderTask
 
@@ -82,10 +81,7 @@ class SegmentationTask(AdaptedEncoderTask):
             raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
         if pixel_spacing_mm is not None and not (math.isfinite(pixel_spacing_mm) and pixel_spacing_mm > 0):
             raise ValueError(f"pixel_spacing_mm must be positive, got {pixel_spacing_mm}")
-        self.num_classes = num_classes
-        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        if len(self.class_names) != num_classes:
-            raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
+        self.set_classes(num_classes, class_names)
         if lesion_classes is None:
             lesion_classes = [n for n in self.class_names if n.lower() not in NORMAL_CLASS_NAMES] or self.class_names
         unknown = [n for n in lesion_classes if n not in self.class_names]
@@ -98,7 +94,6 @@ class SegmentationTask(AdaptedEncoderTask):
         self.loss = loss if loss is not None else DiceCELoss()
         self.threshold = threshold
         self.pixel_spacing_mm = pixel_spacing_mm
-        self.text_embeddings: torch.Tensor | None = None
         self.val_metrics = SegmentationMetrics()
         self.test_metrics = SegmentationMetrics()
         self.last_test_records: list[dict[str, Any]] = []
@@ -109,28 +104,13 @@ class SegmentationTask(AdaptedEncoderTask):
             if name.split(".")[0] in unused:
                 parameter.requires_grad_(False)
 
-    def set_text_embeddings(self, embeddings: torch.Tensor) -> None:
-        """Frozen text-tower embeddings of the class descriptions, ``[num_classes, phrasings, text_dim]``.
-
-        Raises:
-            ValueError: The first dimension does not match the number of classes.
-        """
-        if embeddings.ndim != 3 or embeddings.shape[0] != self.num_classes:
-            raise ValueError(f"Expected [{self.num_classes}, P, D] text embeddings, got {tuple(embeddings.shape)}")
-        self.text_embeddings = embeddings.to(self.device)
-
     def lesion_text(self) -> torch.Tensor:
         """The text vector ``[embed_dim]``: normalised mean of the projected prototypes of ``lesion_classes``.
 
         Raises:
             RuntimeError: No text embeddings were set (add the ``TextEmbeddingCache`` callback).
         """
-        if self.text_embeddings is None:
-            raise RuntimeError("No class text embeddings: add usvl.text.TextEmbeddingCache to trainer.callbacks "
-                               "or use a head without text conditioning")
-        raw = self.text_embeddings.to(self.device)
-        projected = self.encoder.project_text(raw.flatten(0, 1)).view(*raw.shape[:2], -1)
-        prototypes = class_prototypes(projected)
+        prototypes = self.class_text()
         index = [self.class_names.index(name) for name in self.lesion_classes]
         return F.normalize(prototypes[index].mean(dim=0), dim=-1)
 
@@ -196,16 +176,6 @@ class SegmentationTask(AdaptedEncoderTask):
         self._log_epoch_metrics("test")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Trainable weights only, plus the class text embeddings so the checkpoint is self-contained."""
+        """Also record the lesion classes the text vector was built from."""
         super().on_save_checkpoint(checkpoint)
-        if self.text_embeddings is not None:
-            checkpoint["usvl"]["text_embeddings"] = self.text_embeddings.cpu()
-        checkpoint["usvl"]["class_names"] = self.class_names
         checkpoint["usvl"]["lesion_classes"] = self.lesion_classes
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the class text embeddings saved with the checkpoint."""
-        super().on_load_checkpoint(checkpoint)
-        embeddings = checkpoint.get("usvl", {}).get("text_embeddings")
-        if embeddings is not None and self.text_embeddings is None:
-            self.set_text_embeddings(embeddings)

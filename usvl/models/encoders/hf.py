@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from usvl.models.encoders.base import ImageFeatures, VisionLanguageEncoder
-from usvl.models.encoders.common import identity_linear, tokens_to_map
+from usvl.models.encoders.common import capture_outputs, identity_linear, tokens_to_map
 from usvl.models.encoders.registry import register_encoder_family
 from usvl.models.encoders.weights import MissingWeightsError
 
@@ -120,19 +120,9 @@ class HFCLIPEncoder(VisionLanguageEncoder):
 
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """Encode images; the tapped layers' patch tokens become maps ``[B, width, h, w]``."""
-        captured: dict[int, torch.Tensor] = {}
-        layers = self.model.vision_model.encoder.layers
-        handles = [
-            layers[i].register_forward_hook(
-                lambda _m, _i, out, i=i: captured.__setitem__(i, out[0] if isinstance(out, tuple) else out))
-            for i in self.feature_taps
-        ]
-        try:
+        with capture_outputs([self.model.vision_model.encoder.layers[i] for i in self.feature_taps]) as tapped:
             pooled = _pooled(self.model.get_image_features(pixel_values=images))
-        finally:
-            for handle in handles:
-                handle.remove()
-        maps = [tokens_to_map(captured[i], self.num_prefix_tokens) for i in self.feature_taps]
+        maps = [tokens_to_map(output, self.num_prefix_tokens) for output in tapped]
         return ImageFeatures(global_embedding=self.image_projection(pooled), maps=maps, pooled=pooled)
 
     @torch.no_grad()

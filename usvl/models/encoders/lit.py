@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from usvl.models.encoders.base import ImageFeatures, VisionLanguageEncoder
-from usvl.models.encoders.common import tokens_to_map
+from usvl.models.encoders.common import capture_outputs, tokens_to_map
 from usvl.models.encoders.registry import register_encoder_family
 from usvl.models.encoders.weights import MissingWeightsError
 
@@ -126,18 +126,9 @@ class TimmHFEncoder(VisionLanguageEncoder):
 
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """Run the image tower, tapping the chosen feature levels."""
-        captured: dict[int, torch.Tensor] = {}
-        handles = [
-            self.get_submodule(self.adapter_points[i][0]).register_forward_hook(
-                lambda _m, _i, out, i=i: captured.__setitem__(i, out))
-            for i in self.feature_taps
-        ]
-        try:
+        with capture_outputs([self.get_submodule(self.adapter_points[i][0]) for i in self.feature_taps]) as tapped:
             pooled = self.image_tower.forward_head(self.image_tower.forward_features(images), pre_logits=True)
-        finally:
-            for handle in handles:
-                handle.remove()
-        maps = [tokens_to_map(captured[i], self.num_prefix_tokens) for i in self.feature_taps]
+        maps = [tokens_to_map(output, self.num_prefix_tokens) for output in tapped]
         return ImageFeatures(global_embedding=self.image_projection(pooled), maps=maps, pooled=pooled)
 
     @torch.no_grad()

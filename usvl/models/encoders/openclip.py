@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from usvl.models.encoders.base import ImageFeatures, VisionLanguageEncoder
-from usvl.models.encoders.common import identity_linear, tokens_to_map
+from usvl.models.encoders.common import capture_outputs, identity_linear, tokens_to_map
 from usvl.models.encoders.registry import register_encoder_family
 from usvl.models.encoders.weights import MissingWeightsError
 
@@ -132,18 +132,9 @@ class OpenCLIPEncoder(VisionLanguageEncoder):
 
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """Encode images; the tapped blocks' patch tokens become maps ``[B, width, h, w]``."""
-        captured: dict[int, torch.Tensor] = {}
-        blocks = self._blocks()
-        handles = [
-            blocks[i].register_forward_hook(lambda _m, _i, out, i=i: captured.__setitem__(i, out))
-            for i in self.feature_taps
-        ]
-        try:
+        with capture_outputs([self._blocks()[i] for i in self.feature_taps]) as tapped:
             pooled = self.model.encode_image(images)
-        finally:
-            for handle in handles:
-                handle.remove()
-        maps = [tokens_to_map(captured[i], self.num_prefix_tokens) for i in self.feature_taps]
+        maps = [tokens_to_map(output, self.num_prefix_tokens) for output in tapped]
         return ImageFeatures(global_embedding=self.image_projection(pooled), maps=maps, pooled=pooled)
 
     @torch.no_grad()
