@@ -1,30 +1,14 @@
 import pytest
 import torch
+from tiny_models import save_tiny_hf_clip
 
 from usvl.models.adapters import MonaAdapter
 from usvl.models.encoders import MissingWeightsError, build_encoder
-from usvl.models.encoders.weights import MINILM_L6_V2
-
-TINY_LAYERS = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2)
 
 
 def save_tiny(folder, family: str):
     """A tiny random CLIP/SigLIP with a real (MiniLM) tokenizer, saved like a hub checkpoint."""
-    from transformers import AutoTokenizer, CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
-
-    tokenizer = AutoTokenizer.from_pretrained(str(MINILM_L6_V2.resolve(verify=False).parent), local_files_only=True)
-    text = dict(TINY_LAYERS, vocab_size=tokenizer.vocab_size, max_position_embeddings=64,
-                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
-                eos_token_id=tokenizer.sep_token_id)
-    vision = dict(TINY_LAYERS, image_size=32, patch_size=8)
-    torch.manual_seed(0)
-    if family == "clip":
-        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
-    else:
-        model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_hf_clip(folder, family)
 
 
 @pytest.mark.parametrize("family, prefix, embed", [("clip", 1, 16), ("siglip", 0, 32)])

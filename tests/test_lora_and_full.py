@@ -153,12 +153,53 @@ def test_lora_custom_targets():
         LoRAAdapter(target_modules=["blocks.0.norm1"]).apply(tiny())
 
 
-def test_lora_on_a_cnn_tower_fails_clearly():
+def test_lora_on_the_embedded_cnn_adapts_its_pointwise_convolutions():
     encoder = LiTEffNetMiniLM(embed_dim=16, pretrained=False)
-    with pytest.raises(ValueError) as error:
-        LoRAAdapter().apply(encoder)
-    message = str(error.value)
-    assert "match no module" in message and encoder.encoder_id in message and DEFAULT_LORA_TARGETS in message
+    targets = LoRAAdapter().targets(encoder)
+    assert targets[:2] == ["image_tower.blocks.2.0.conv_pw", "image_tower.blocks.2.0.conv_pwl"]
+    assert all(encoder.get_submodule(t).kernel_size == (1, 1) for t in targets)
+    assert not any(".conv_dw" in t or "blocks.1." in t for t in targets)
+    layers = LoRAAdapter(r=4, dropout=0.0).apply(encoder)
+    assert len(layers) == len(targets) == 26
+    for layer in layers:
+        nn.init.normal_(layer.lora_B["default"].weight, std=0.05)
+    encoder.eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        adapted = encoder.encode_image(images).global_embedding
+        LoRAAdapter.merge(encoder)
+        merged = encoder.encode_image(images).global_embedding
+    assert torch.allclose(adapted, merged, atol=1e-4)
+    assert type(encoder.image_tower.blocks[2][0].conv_pw) is nn.Conv2d
+
+
+def test_lora_on_open_clip_multihead_attention_matches_the_fused_count():
+    from usvl.models.encoders import build_encoder
+
+    torch.manual_seed(0)
+    encoder = build_encoder("openclip/ViT-B-16", allow_random=True, image_size=32)
+    layers = LoRAAdapter(r=16).apply(encoder)
+    assert sum(isinstance(layer, nn.MultiheadAttention) or "MultiheadAttention" in type(layer).__name__
+               for layer in layers) == 12
+    lora = sum(p.numel() for n, p in encoder.named_parameters() if p.requires_grad and ".lora_" in n)
+    assert lora == 884_736
+    for _, layer in lora_layers(encoder):
+        nn.init.normal_(layer.lora_B["default"].weight, std=0.02)
+    images = torch.randn(1, 3, 32, 32)
+    encoder.eval()
+    with torch.no_grad():
+        adapted = encoder.encode_image(images).global_embedding
+        assert LoRAAdapter.merge(encoder) == 12
+        merged = encoder.encode_image(images).global_embedding
+    assert torch.allclose(adapted, merged, atol=1e-4)
+    assert type(encoder.model.visual.transformer.resblocks[0].attn) is nn.MultiheadAttention
+
+
+def test_lora_default_targets_follow_the_encoder():
+    assert LoRAAdapter().resolve(tiny()) == ("image_tower", DEFAULT_LORA_TARGETS)
+    assert LoRAAdapter(tower="image_tower", target_modules=["qkv"]).resolve(tiny()) == ("image_tower", ["qkv"])
+    with pytest.raises(ValueError, match="has no image tower 'visual'"):
+        LoRAAdapter(tower="visual").targets(tiny())
 
 
 @pytest.mark.parametrize("unload", [True, False])

@@ -1,23 +1,15 @@
 import pytest
 import torch
+from tiny_models import save_tiny_text_model
 
 from usvl.models.adapters import MonaAdapter
 from usvl.models.encoders import MissingWeightsError, build_encoder
-from usvl.models.encoders.weights import MINILM_L6_V2
 
 
 @pytest.fixture(scope="module")
 def tiny_text_model(tmp_path_factory):
     """A one-layer random BERT with the real MiniLM tokenizer, saved like a hub checkpoint."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(str(MINILM_L6_V2.resolve(verify=False).parent), local_files_only=True)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, intermediate_size=64)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return str(save_tiny_text_model(tmp_path_factory.mktemp("tiny-bert")))
 
 
 @pytest.mark.parametrize("image_model, taps, maps", [

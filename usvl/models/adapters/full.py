@@ -18,24 +18,27 @@ class FullFineTune(Adapter):
     checkpoints hold the whole tower. Usually paired with a small learning rate (the reference forces 1e-6).
 
     Args:
-        tower: Attribute of the encoder holding the image tower.
+        tower: Qualified name of the image tower inside the encoder; ``None`` uses the encoder's
+            ``image_tower_path`` (``image_tower``, open_clip's ``model.visual``, transformers' ``model.vision_model``).
     """
 
     name = "full"
 
-    def __init__(self, tower: str = "image_tower") -> None:
+    def __init__(self, tower: str | None = None) -> None:
         self.tower = tower
 
     def apply(self, encoder: VisionLanguageEncoder) -> list[nn.Module]:
-        """Make ``encoder.<tower>`` trainable in place and return it.
+        """Make the encoder's image tower trainable in place and return it.
 
         Raises:
             ValueError: The encoder has no such tower.
         """
-        tower = getattr(encoder, self.tower, None)
-        if not isinstance(tower, nn.Module):
+        path = self.tower or getattr(encoder, "image_tower_path", "image_tower")
+        try:
+            tower = encoder.get_submodule(path)
+        except AttributeError:
             encoder_id = getattr(encoder, "encoder_id", type(encoder).__name__)
-            raise ValueError(f"Full fine-tuning: encoder {encoder_id} has no image tower attribute '{self.tower}'")
+            raise ValueError(f"Full fine-tuning: encoder {encoder_id} has no image tower '{path}'") from None
         tower.requires_grad_(True)
         tower.usvl_adapter = True
         if isinstance(encoder, VisionLanguageEncoder):

@@ -5,9 +5,16 @@ Each targeted layer ``W`` (a frozen ``nn.Linear``) becomes ``W x + b + s · B A 
 0). The scaling is ``s = alpha / sqrt(r)`` with rsLoRA (``use_rslora=True``, as in the reference) and ``alpha / r``
 otherwise.
 
-Default targets are the fused ``attn.qkv`` and the ``attn.proj`` Linear layers of every block of a timm ViT image
-tower (also open_clip's timm ``trunk``), as the reference does for BiomedCLIP: per block at width 768 and r=16 that
-is ``16·(768+2304) + 16·(768+768) = 73,728`` parameters, 884,736 over 12 blocks.
+Default targets come from the encoder (``VisionLanguageEncoder.lora_targets``), so ``adapter: LoRAAdapter`` works
+on every backend without naming layers:
+
+* timm ViTs (tiny ViT-CLIP, ``timm+hf`` ViTs, open_clip's timm ``trunk`` as in BiomedCLIP): the fused ``attn.qkv``
+  and the ``attn.proj`` Linear layers of every block, as the reference does: per block at width 768 and r=16 that is
+  ``16·(768+2304) + 16·(768+768) = 73,728`` parameters, 884,736 over 12 blocks;
+* open_clip's own (OpenAI-style) ``VisionTransformer``: each block's ``nn.MultiheadAttention`` (peft's LoRA for
+  it adapts the fused ``in_proj`` and the ``out_proj``: the same 73,728 per block);
+* transformers CLIP/SigLIP: ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj`` of every vision layer;
+* CNN towers (the embedded EfficientNet-Lite0, timm CNNs): the ungrouped 1x1 convolutions (channel mixing).
 
 Differences from the reference (``src/adapters/lora.py``), on purpose:
 
@@ -15,24 +22,22 @@ Differences from the reference (``src/adapters/lora.py``), on purpose:
 * The biases of the wrapped layers stay frozen (the reference trains them in stage 1 without saving them).
 * The text tower is never adapted.
 
-open_clip's own ``VisionTransformer`` (``resblocks.N.attn`` is an ``nn.MultiheadAttention`` that reads its
-projection weights directly) is not covered by the default targets; LoRA on ``out_proj`` there would have no effect.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
 from torch import nn
 
 from usvl.models.adapters.base import Adapter
-from usvl.models.encoders.base import VisionLanguageEncoder
+from usvl.models.encoders.base import VIT_ATTENTION_LORA_TARGETS, VisionLanguageEncoder
+from usvl.models.encoders.common import match_targets
 
-DEFAULT_LORA_TARGETS = r"image_tower\.(?:.+\.)?blocks\.\d+\.attn\.(?:qkv|proj)"
-"""Qualified names (from the encoder root) of the layers LoRA adapts by default: ``attn.qkv``/``attn.proj``."""
+DEFAULT_LORA_TARGETS = VIT_ATTENTION_LORA_TARGETS
+"""The ViT default (``attn.qkv``/``attn.proj`` of every block); each encoder names its own in ``lora_targets``."""
 
-LORA_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+LORA_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.MultiheadAttention)
 """Layer types LoRA can adapt here."""
 
 
@@ -43,29 +48,18 @@ def _lora_layer_type() -> type[nn.Module]:
 
 
 def lora_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The peft LoRA layers inside ``module`` as ``(qualified name, layer)`` pairs."""
+    """The peft LoRA layers inside ``module`` as ``(qualified name, layer)`` pairs, nested ones included."""
     layer_type = _lora_layer_type()
     return [(name, child) for name, child in module.named_modules() if isinstance(child, layer_type)]
 
 
-def match_targets(root: nn.Module, target_modules: str | Sequence[str]) -> list[str]:
-    """Qualified names of the modules of ``root`` that ``target_modules`` selects.
-
-    Args:
-        root: The module whose ``named_modules()`` are matched.
-        target_modules: A regular expression matched in full against each name, or a list of names each matching a
-            module whose name equals it or ends with ``"." + name`` (peft's rule).
-    """
-    names = [name for name, _ in root.named_modules() if name]
-    if isinstance(target_modules, str):
-        pattern = re.compile(target_modules)
-        return [name for name in names if pattern.fullmatch(name)]
-    targets = list(target_modules)
-    return [name for name in names if any(name == t or name.endswith(f".{t}") for t in targets)]
+def outermost(layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """Drop LoRA layers nested inside another (peft's ``MultiheadAttention`` LoRA holds one on its ``out_proj``)."""
+    return [(name, layer) for name, layer in layers if ".base_layer." not in f".{name}."]
 
 
 class LoRAAdapter(Adapter):
-    """Inject LoRA into the image tower's attention layers with peft; everything else stays as it was.
+    """Inject LoRA into layers of the image tower with peft; everything else stays as it was.
 
     The encoder stays a ``VisionLanguageEncoder``: the adapters are injected in place into
     ``encoder.<tower>`` (``peft.inject_adapter_in_model``), which replaces each target by a peft ``lora`` layer
@@ -79,10 +73,12 @@ class LoRAAdapter(Adapter):
         dropout: Dropout on the LoRA branch's input (training only).
         target_modules: Which layers to adapt, by qualified name from the encoder root (e.g.
             ``image_tower.blocks.3.attn.qkv``): a regular expression matched in full, or a list of names or name
-            suffixes. ``None`` uses :data:`DEFAULT_LORA_TARGETS` (``attn.qkv`` and ``attn.proj`` of every block).
-            Only ``nn.Linear`` and ``nn.Conv2d`` layers inside the tower can be targets.
+            suffixes. ``None`` uses the encoder's ``lora_targets`` (attention projections of ViTs, 1x1 convolutions
+            of CNNs). Only ``nn.Linear``, ``nn.Conv2d`` and ``nn.MultiheadAttention`` layers inside the tower can be
+            targets.
         use_rslora: Rank-stabilised scaling ``alpha / sqrt(r)`` (the reference's); ``False`` gives ``alpha / r``.
-        tower: Attribute of the encoder holding the image tower.
+        tower: Qualified name of the image tower inside the encoder; ``None`` uses the encoder's
+            ``image_tower_path``.
 
     Raises:
         ValueError: ``r`` is not positive or ``dropout`` is outside ``[0, 1)``.
@@ -97,7 +93,7 @@ class LoRAAdapter(Adapter):
         dropout: float = 0.1,
         target_modules: str | list[str] | None = None,
         use_rslora: bool = True,
-        tower: str = "image_tower",
+        tower: str | None = None,
     ) -> None:
         if r <= 0:
             raise ValueError(f"LoRA rank must be positive, got {r}")
@@ -106,17 +102,25 @@ class LoRAAdapter(Adapter):
         self.r = r
         self.alpha = alpha
         self.dropout = dropout
-        self.target_modules = DEFAULT_LORA_TARGETS if target_modules is None else target_modules
-        if not isinstance(self.target_modules, str):
-            self.target_modules = list(self.target_modules)
+        self.target_modules = target_modules if target_modules is None or isinstance(target_modules, str) \
+            else list(target_modules)
         self.use_rslora = use_rslora
         self.tower = tower
 
-    def describe_targets(self) -> str:
-        """The targets as written in messages: ``regex <pattern>`` or the list of names."""
-        if isinstance(self.target_modules, str):
-            return f"regex {self.target_modules}"
-        return f"names {', '.join(self.target_modules)}"
+    def resolve(self, encoder: nn.Module) -> tuple[str, str | list[str]]:
+        """The tower path and target selection used on ``encoder`` (this adapter's, else the encoder's defaults)."""
+        tower = self.tower or getattr(encoder, "image_tower_path", "image_tower")
+        targets = self.target_modules
+        if targets is None:
+            targets = getattr(encoder, "lora_targets", DEFAULT_LORA_TARGETS)
+        return tower, targets
+
+    @staticmethod
+    def describe_targets(targets: str | list[str]) -> str:
+        """Targets as written in messages: ``regex <pattern>`` or the list of names."""
+        if isinstance(targets, str):
+            return f"regex {targets}"
+        return f"names {', '.join(targets[:8])}{' ...' if len(targets) > 8 else ''}"
 
     @property
     def scaling(self) -> float:
@@ -130,17 +134,18 @@ class LoRAAdapter(Adapter):
             ValueError: No module of the image tower matches, or a match is not a supported layer type.
         """
         encoder_id = getattr(encoder, "encoder_id", type(encoder).__name__)
-        tower = getattr(encoder, self.tower, None)
-        if not isinstance(tower, nn.Module):
-            raise ValueError(f"LoRA: encoder {encoder_id} has no image tower attribute '{self.tower}'")
-        prefix = f"{self.tower}."
-        matched = [name for name in match_targets(encoder, self.target_modules) if name.startswith(prefix)]
+        tower_path, selection = self.resolve(encoder)
+        try:
+            tower = encoder.get_submodule(tower_path)
+        except AttributeError:
+            raise ValueError(f"LoRA: encoder {encoder_id} has no image tower '{tower_path}'") from None
+        prefix = f"{tower_path}."
+        matched = [name for name in match_targets(encoder, selection) if name.startswith(prefix)]
         if not matched:
             raise ValueError(
-                f"LoRA target_modules ({self.describe_targets()}) match no module of the image tower of encoder "
-                f"{encoder_id} ({type(tower).__name__}). The default targets the attn.qkv/attn.proj Linear layers "
-                "of ViT blocks; CNN towers such as EfficientNet have none. Pass target_modules naming layers of "
-                f"'{self.tower}' (qualified names from the encoder root), or use another adapter."
+                f"LoRA target_modules ({self.describe_targets(selection)}) match no module of the image tower "
+                f"'{tower_path}' of encoder {encoder_id} ({type(tower).__name__}). Pass target_modules naming layers "
+                f"of '{tower_path}' (qualified names from the encoder root), or use another adapter."
             )
         unsupported = [
             f"{name} ({type(encoder.get_submodule(name)).__name__})"
@@ -150,13 +155,13 @@ class LoRAAdapter(Adapter):
         if unsupported:
             supported = ", ".join(t.__name__ for t in LORA_MODULE_TYPES)
             raise ValueError(
-                f"LoRA target_modules ({self.describe_targets()}) select layers of encoder {encoder_id} that are not "
-                f"{supported}: {', '.join(unsupported[:5])}"
+                f"LoRA target_modules ({self.describe_targets(selection)}) select layers of encoder {encoder_id} "
+                f"that are not {supported}: {', '.join(unsupported[:5])}"
             )
         return matched
 
     def apply(self, encoder: VisionLanguageEncoder) -> list[nn.Module]:
-        """Inject LoRA into the targeted layers of ``encoder.<tower>`` in place; return the peft LoRA layers.
+        """Inject LoRA into the targeted layers of the image tower in place; return the peft LoRA layers.
 
         Raises:
             ValueError: No target matches (see :meth:`targets`), or the tower already holds LoRA layers.
@@ -164,10 +169,11 @@ class LoRAAdapter(Adapter):
         from peft import LoraConfig, inject_adapter_in_model
 
         matched = self.targets(encoder)
-        tower = getattr(encoder, self.tower)
+        tower_path, _ = self.resolve(encoder)
+        tower = encoder.get_submodule(tower_path)
         if lora_layers(tower):
             raise ValueError(f"The image tower of {getattr(encoder, 'encoder_id', '?')} already holds LoRA layers")
-        relative = [name[len(self.tower) + 1 :] for name in matched]
+        relative = [name[len(tower_path) + 1 :] for name in matched]
         config = LoraConfig(
             r=self.r,
             lora_alpha=self.alpha,
@@ -178,7 +184,7 @@ class LoRAAdapter(Adapter):
         )
         inject_adapter_in_model(config, tower)
         layers = lora_layers(tower)
-        injected = sorted(name for name, _ in layers)
+        injected = sorted(name for name, _ in outermost(layers))
         if injected != sorted(relative):
             raise RuntimeError(f"peft injected LoRA into {injected}, expected {sorted(relative)}")
         for _, layer in layers:
@@ -203,12 +209,17 @@ class LoRAAdapter(Adapter):
         Returns:
             The number of LoRA layers merged.
         """
-        layers = lora_layers(encoder)
+        layers = outermost(lora_layers(encoder))
         for name, layer in layers:
-            if not layer.merged:
-                layer.merge()
+            if unload and hasattr(layer, "unload_and_optionally_merge_module"):
+                base = layer.unload_and_optionally_merge_module(merge=not layer.merged, safe_merge=False,
+                                                                adapter_names=None)
+            else:
+                if not layer.merged:
+                    layer.merge()
+                base = layer.get_base_layer()
             if unload:
                 parent_name, _, child_name = name.rpartition(".")
                 parent = encoder.get_submodule(parent_name) if parent_name else encoder
-                setattr(parent, child_name, layer.get_base_layer())
+                setattr(parent, child_name, base)
         return len(layers)

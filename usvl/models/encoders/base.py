@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+VIT_ATTENTION_LORA_TARGETS = r"image_tower\.(?:.+\.)?blocks\.\d+\.attn\.(?:qkv|proj)"
+"""The fused ``attn.qkv`` and the ``attn.proj`` Linear layers of every block of a timm ViT image tower."""
+
 
 @dataclass
 class ImageFeatures:
@@ -33,6 +36,10 @@ class VisionLanguageEncoder(nn.Module, ABC):
     """
 
     encoder_id: str = "abstract"
+    image_tower_path: str = "image_tower"
+    """Qualified name of the image tower inside the encoder: the only place LoRA may adapt."""
+    lora_targets: str | list[str] = VIT_ATTENTION_LORA_TARGETS
+    """Layers LoRA adapts by default (regular expression on qualified names, or a list of names)."""
     embed_dim: int
     feature_dims: list[int]
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -53,3 +54,32 @@ def capture_outputs(modules: list[nn.Module]) -> Iterator[list[torch.Tensor]]:
         for handle in handles:
             handle.remove()
     outputs.extend(captured[index] for index in range(len(modules)))
+
+
+def match_targets(root: nn.Module, target_modules: str | Sequence[str]) -> list[str]:
+    """Qualified names of the modules of ``root`` that ``target_modules`` selects.
+
+    Args:
+        root: The module whose ``named_modules()`` are matched.
+        target_modules: A regular expression matched in full against each name, or a list of names each matching a
+            module whose name equals it or ends with ``"." + name`` (peft's rule).
+    """
+    names = [name for name, _ in root.named_modules() if name]
+    if isinstance(target_modules, str):
+        pattern = re.compile(target_modules)
+        return [name for name in names if pattern.fullmatch(name)]
+    targets = list(target_modules)
+    return [name for name in names if any(name == t or name.endswith(f".{t}") for t in targets)]
+
+
+def pointwise_convolutions(module: nn.Module, prefix: str = "") -> list[str]:
+    """Qualified names (``prefix`` + name) of the ungrouped 1x1 ``nn.Conv2d`` layers of ``module``.
+
+    They are the channel-mixing layers of a CNN (expansion/projection of inverted residuals, bottleneck 1x1s), the
+    natural LoRA targets of a tower without attention.
+    """
+    return [
+        f"{prefix}{name}"
+        for name, child in module.named_modules()
+        if isinstance(child, nn.Conv2d) and child.kernel_size == (1, 1) and child.groups == 1
+    ]

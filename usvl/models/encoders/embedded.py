@@ -98,6 +98,9 @@ class LiTEffNetMiniLM(VisionLanguageEncoder):
     """
 
     encoder_id = "embedded/lit-effnet-minilm"
+    lora_targets = r"image_tower\.blocks\.[2-6]\.\d+\.conv_pwl?"
+    """LoRA default: the 1x1 expansion and projection convolutions of the inverted-residual blocks of stages 2-6
+    (the stages Mona adapts in the shipped configs); the depthwise convolutions stay untouched."""
     image_mean = (0.5, 0.5, 0.5)
     image_std = (0.5, 0.5, 0.5)
 

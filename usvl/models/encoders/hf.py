@@ -88,6 +88,8 @@ class HFCLIPEncoder(VisionLanguageEncoder):
         self.image_mean, self.image_std = (mean, std) if normalization == "model" else ((0.0,) * 3, (1.0,) * 3)
         self.image_projection = identity_linear(self.embed_dim)
         self.text_projection = identity_linear(self.embed_dim)
+        self.image_tower_path = "model.vision_model"
+        self.lora_targets = r"model\.vision_model\.encoder\.layers\.\d+\.self_attn\.(?:q|k|v|out)_proj"
         self.freeze_towers()
         self.train()
         tag = hashlib.sha256(source.encode()).hexdigest()[:12]

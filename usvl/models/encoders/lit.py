@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from usvl.models.encoders.base import ImageFeatures, VisionLanguageEncoder
-from usvl.models.encoders.common import capture_outputs, tokens_to_map
+from usvl.models.encoders.common import capture_outputs, match_targets, pointwise_convolutions, tokens_to_map
 from usvl.models.encoders.registry import register_encoder_family
 from usvl.models.encoders.weights import MissingWeightsError
 
@@ -105,6 +105,8 @@ class TimmHFEncoder(VisionLanguageEncoder):
         self.image_projection = nn.Sequential(nn.LayerNorm(self.image_tower.num_features),
                                               nn.Linear(self.image_tower.num_features, embed_dim))
         self.text_projection = nn.Linear(self.text_tower.config.hidden_size, embed_dim)
+        if not match_targets(self, self.lora_targets):
+            self.lora_targets = pointwise_convolutions(self.image_tower, prefix="image_tower.")
         self.freeze_towers()
         self.train()
         tag = hashlib.sha256(f"{image_model}|{image_weights}|{image_pretrained}|{text_model}".encode()).hexdigest()

@@ -1,8 +1,11 @@
 """open_clip encoders: BiomedCLIP, OpenAI CLIP, MetaCLIP, UniMed-CLIP and any other open_clip model.
 
-Names: ``openclip/<model>`` where ``<model>`` is an open_clip model name (``ViT-B-16``) or a hub id
-(``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``). Weights resolve from, in order: an explicit
-local checkpoint (``pretrained=/path/to/weights.bin``), the local Hugging Face / open_clip cache, then the hub.
+Names: ``openclip/<model>`` where ``<model>`` is an open_clip model name (``ViT-B-16``), a hub id
+(``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``) or the path of an open_clip model-config JSON
+file (architectures open_clip does not ship, e.g. UniMed-CLIP's ViT-B/16 + BiomedBERT pair:
+``configs/paper/models/unimed-clip-vit-b16.json``); the file's stem becomes the model name. Weights resolve from, in
+order: an explicit local checkpoint (``pretrained=/path/to/weights.bin``), the local Hugging Face / open_clip cache,
+then the hub.
 Offline with nothing cached, one :class:`MissingWeightsError` says what is missing and how to get it.
 
 Both towers stay frozen, including CLIP's own projections; two trainable linear maps, initialised to the
@@ -25,6 +28,23 @@ from usvl.models.encoders.registry import register_encoder_family
 from usvl.models.encoders.weights import MissingWeightsError
 
 
+def register_model_config(model: str) -> str:
+    """Register an open_clip model-config JSON file under its stem and return that name; other names pass through.
+
+    Raises:
+        FileNotFoundError: ``model`` ends in ``.json`` but the file does not exist.
+    """
+    if not model.endswith(".json"):
+        return model
+    import open_clip
+
+    path = Path(model).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"open_clip model config {path} does not exist")
+    open_clip.add_model_config(path)
+    return path.stem
+
+
 def create_openclip_model(model: str, pretrained: str | None, cache_dir: str | None, image_size: int | None,
                           allow_random: bool) -> nn.Module:
     """Build an open_clip model, resolving weights from a local path, the cache, then the hub.
@@ -35,6 +55,7 @@ def create_openclip_model(model: str, pretrained: str | None, cache_dir: str | N
     """
     import open_clip
 
+    model = register_model_config(model)
     kwargs = {"cache_dir": cache_dir, "force_image_size": image_size}
     hub_model = model.startswith("hf-hub:")
     if pretrained is None and not hub_model:
@@ -62,7 +83,7 @@ class OpenCLIPEncoder(VisionLanguageEncoder):
     """An open_clip vision-language model behind the usvl encoder interface.
 
     Args:
-        model: open_clip model name or ``hf-hub:`` id.
+        model: open_clip model name, ``hf-hub:`` id, or path of an open_clip model-config JSON file.
         pretrained: Pretrained tag (``openai``, ``metaclip_fullcc``, ...) or a local checkpoint file.
         feature_taps: ViT block indices whose patch tokens become ``ImageFeatures.maps`` (reference: 3, 6, 9).
         normalization: ``model`` uses the model's own mean/std; ``none`` feeds [0, 1] pixels (the reference code's
@@ -86,15 +107,18 @@ class OpenCLIPEncoder(VisionLanguageEncoder):
         import open_clip
 
         self.model = create_openclip_model(model, pretrained, cache_dir, image_size, allow_random)
-        self.tokenizer = open_clip.get_tokenizer(model)
+        self.tokenizer = open_clip.get_tokenizer(register_model_config(model))
         self.feature_taps = tuple(feature_taps)
         visual = self.model.visual
+        self.image_tower_path = "model.visual"
         if hasattr(visual, "trunk"):
             self._blocks_path, width = "model.visual.trunk.blocks", visual.trunk.embed_dim
             self.num_prefix_tokens = int(getattr(visual.trunk, "num_prefix_tokens", 1))
+            self.lora_targets = r"model\.visual\.trunk\.blocks\.\d+\.attn\.(?:qkv|proj)"
         elif hasattr(visual, "transformer"):
             self._blocks_path, width = "model.visual.transformer.resblocks", visual.transformer.width
             self.num_prefix_tokens = 1
+            self.lora_targets = r"model\.visual\.transformer\.resblocks\.\d+\.attn"
         else:
             raise ValueError(f"open_clip model '{model}' has no ViT image tower usvl can adapt")
         self.width = width

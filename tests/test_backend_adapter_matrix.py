@@ -1,0 +1,112 @@
+"""Every encoder backend x every adapter kind: fit -> test -> predict for a few steps on the tiny smoke data.
+
+Backends are real code paths with tiny random weights saved the way real checkpoints are (open_clip model configs,
+transformers folders, timm towers), plus the embedded encoder with its packaged weights. The default suite runs every
+adapter on the embedded encoder and LoRA (whose targets differ per backend) on every backend; the rest of the grid
+is marked ``slow`` (``make test-full``).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from tiny_models import save_tiny_hf_clip, save_tiny_text_model, write_tiny_open_clip_config
+
+from usvl.data import SyntheticDataModule
+from usvl.models.adapters import FullFineTune, LoRAAdapter, MonaAdapter, NoAdapter
+from usvl.models.encoders import build_encoder
+from usvl.models.heads import MultiScaleSegmentationHead, PromptSimilarityHead
+from usvl.tasks import ClassificationTask, SegmentationTask
+from usvl.text import TextEmbeddingCache
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 64
+TAPS = (1, 2, 3)
+BACKENDS = ["embedded", "tiny-vit-clip", "openclip-openai", "openclip-timm", "hf-clip", "hf-siglip", "timm+hf-cnn"]
+ADAPTERS = {
+    "mona-baseline": lambda: MonaAdapter("baseline", bottleneck=8),
+    "mona-hybrid": lambda: MonaAdapter("hybrid", bottleneck=8, freq_size=(4, 3)),
+    "lora": lambda: LoRAAdapter(r=2, alpha=4),
+    "none": NoAdapter,
+    "full": FullFineTune,
+}
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {
+        "openclip-openai": write_tiny_open_clip_config(root, timm_trunk=False, image_size=SIZE),
+        "openclip-timm": write_tiny_open_clip_config(root, timm_trunk=True, image_size=SIZE),
+        "hf-clip": save_tiny_hf_clip(root / "clip", "clip", image_size=SIZE),
+        "hf-siglip": save_tiny_hf_clip(root / "siglip", "siglip", image_size=SIZE),
+        "text": save_tiny_text_model(root / "bert"),
+    }
+
+
+def build_backend(backend: str, saved: dict[str, Path]):
+    torch.manual_seed(0)
+    if backend == "embedded":
+        return build_encoder("embedded/lit-effnet-minilm", embed_dim=32)
+    if backend == "tiny-vit-clip":
+        return build_encoder("test/tiny-vit-clip", img_size=SIZE)
+    if backend.startswith("openclip"):
+        return build_encoder(f"openclip/{saved[backend]}", allow_random=True, feature_taps=TAPS, image_size=SIZE)
+    if backend.startswith("hf-"):
+        return build_encoder(f"hf/{saved[backend]}", feature_taps=TAPS)
+    return build_encoder(f"timm+hf/resnet18+{saved['text']}", embed_dim=32, feature_taps=TAPS,
+                         image_pretrained=False)
+
+
+def fit_test_predict(task, preset: str, task_name: str, tmp_path: Path, descriptions: str):
+    data = SyntheticDataModule(preset=preset, profile="tiny", task=task_name, image_size=SIZE, batch_size=4)
+    trainer = pl.Trainer(max_steps=2, limit_val_batches=1, limit_test_batches=1, limit_predict_batches=1,
+                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[TextEmbeddingCache(descriptions=str(REPO / "configs" / "text" / descriptions))])
+    trainer.fit(task, datamodule=data)
+    assert trainer.global_step == 2
+    results = trainer.test(task, datamodule=data, verbose=False)[0]
+    predictions = trainer.predict(task, datamodule=data)
+    return results, predictions
+
+
+def trainable_snapshot(task) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in task.named_parameters() if p.requires_grad}
+
+
+def grid(default) -> list:
+    """(backend, adapter) cells; those for which ``default`` is false are marked slow."""
+    return [pytest.param(backend, adapter, marks=() if default(backend, adapter) else pytest.mark.slow)
+            for backend in BACKENDS for adapter in ADAPTERS]
+
+
+@pytest.mark.parametrize(("backend", "adapter"), grid(lambda backend, adapter: backend == "embedded"
+                                                      or adapter == "lora"))
+def test_classification_fit_test_predict(backend, adapter, saved_models, tmp_path):
+    encoder = build_backend(backend, saved_models)
+    task = ClassificationTask(encoder, partial(PromptSimilarityHead), num_classes=2,
+                              class_names=["benign", "malignant"], adapter=ADAPTERS[adapter]())
+    before = trainable_snapshot(task)
+    results, predictions = fit_test_predict(task, "thyroid", "classification", tmp_path, "thyroid_tirads.yaml")
+    assert 0.0 <= results["test/auroc"] <= 1.0
+    assert sum(len(batch["name"]) for batch in predictions) > 0
+    changed = [n for n, p in task.named_parameters() if n in before and not torch.equal(before[n], p)]
+    adapted = [n for n in changed if n.startswith("encoder.") and "_projection" not in n]
+    assert bool(adapted) == (adapter != "none"), (backend, adapter, changed[:5])
+
+
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=() if b in ("embedded", "tiny-vit-clip")
+                                                  else pytest.mark.slow) for b in BACKENDS])
+def test_segmentation_fit_test_predict(backend, saved_models, tmp_path):
+    encoder = build_backend(backend, saved_models)
+    task = SegmentationTask(encoder, partial(MultiScaleSegmentationHead, decoder_dim=16, norm_groups=4),
+                            num_classes=3, class_names=["benign", "malignant", "normal"],
+                            adapter=MonaAdapter("hybrid", bottleneck=8, freq_size=(4, 3)))
+    results, predictions = fit_test_predict(task, "breast", "segmentation", tmp_path, "breast_birads.yaml")
+    assert 0.0 <= results["test/dice"] <= 1.0
+    assert predictions
