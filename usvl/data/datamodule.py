@@ -5,23 +5,55 @@ from __future__ import annotations
 import logging
 from abc import abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import pandas as pd
 from torch.utils.data import DataLoader
 
+from usvl.data.check import cell_paths
 from usvl.data.dataset import UltrasoundDataset
+from usvl.data.duplicates import (
+    GROUP_COLUMNS,
+    Fingerprint,
+    cross_split_duplicates,
+    duplicate_groups,
+    fingerprint_array,
+    groups_frame,
+)
+from usvl.data.splits import (
+    assign_splits,
+    check_fractions,
+    few_shot_subset,
+    normalise_manifest,
+    read_split_file,
+    save_split_file,
+    write_split_file,
+)
 from usvl.data.transforms import BatchAugment
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ("name", "image", "mask", "label", "split", "patient")
+REQUIRED_COLUMNS = ("name", "image")
+BAD_FILE_POLICIES = ("error", "skip")
+
+
+class BadFilesError(ValueError):
+    """Files listed in a manifest are missing or unusable; the message names every one (up to a limit)."""
 
 
 class UltrasoundDataModule(pl.LightningDataModule):
     """Base data module; subclasses implement :meth:`read_manifest` for one on-disk layout.
+
+    :meth:`setup` runs, once: read the manifest -> validate it (files exist, labels in range, masks present for
+    segmentation; ``on_bad_file`` decides) -> assign the missing splits (grouped by patient, stratified by label,
+    official splits kept; see :mod:`usvl.data.splits`) or apply ``split_file`` -> take the ``few_shot`` subset of
+    the training split -> build the datasets of the stage -> warn about duplicate images across splits.
+    The splits used are written as ``splits.csv`` into the trainer's log folder (when a logger is attached) and to
+    ``split_file`` (when given and absent), never overwriting a different file.
 
     Args:
         task: ``classification`` (labels) or ``segmentation`` (masks).
@@ -32,6 +64,26 @@ class UltrasoundDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers (images are decoded into memory once, so 0 is usually fastest).
         augment: Batched training augmentation, applied after the batch reaches the device.
         predict_split: Split used by ``predict``.
+        split_fractions: Train, val and test fractions for images without an official split (non-negative, summing
+            to 1). When only some splits are official, the rest is shared among the missing ones in these
+            proportions (e.g. an official test split: train and val are carved at the train:val ratio).
+        split_seed: Seed of the split assignment and of the few-shot subset.
+        split_file: CSV (``name,split,patient``) of the splits: read and applied when it exists (it must list
+            exactly the manifest's images; skipped bad files may be listed), else the splits used are written to it.
+        few_shot: Percentage of the training split to train on, ``0 < few_shot <= 100`` (the paper uses 1, 2, 5,
+            10, 20 and 50): stratified per class, grouped by patient, seeded by ``split_seed`` and nested (a
+            smaller subset is contained in every larger one). Validation and test are unchanged. None: all.
+        on_bad_file: ``"error"``: a missing file, a missing mask (segmentation), a label outside the classes
+            (classification) or an undecodable file raises, naming the files. ``"skip"``: those images are dropped,
+            counted in a warning and listed in :attr:`skipped`.
+        decode_cache: Keep the decoded arrays in the disk cache (``usvl.data.decode_cache``) for later runs.
+
+    Attributes:
+        manifest: The manifest in use (after validation, splits and few-shot), once set up.
+        split_manifest: The manifest with its full splits, before the few-shot subset.
+        skipped: ``(name, reason)`` of every image left out under ``on_bad_file="skip"``.
+        duplicates: Cross-split duplicate groups found among the datasets built so far (see
+            :func:`usvl.data.duplicates.cross_split_duplicates`).
     """
 
     def __init__(
@@ -44,8 +96,18 @@ class UltrasoundDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         augment: BatchAugment | None = None,
         predict_split: Literal["train", "val", "test"] = "test",
+        split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+        split_seed: int = 0,
+        split_file: str | None = None,
+        few_shot: float | None = None,
+        on_bad_file: Literal["error", "skip"] = "error",
+        decode_cache: bool = True,
     ) -> None:
         super().__init__()
+        if on_bad_file not in BAD_FILE_POLICIES:
+            raise ValueError(f"on_bad_file must be one of {BAD_FILE_POLICIES}, not {on_bad_file!r}")
+        if few_shot is not None and not 0 < float(few_shot) <= 100:
+            raise ValueError(f"few_shot must be a percentage in (0, 100], got {few_shot}")
         self.task = task
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
@@ -55,48 +117,205 @@ class UltrasoundDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.augment = augment
         self.predict_split = predict_split
+        self.split_fractions = check_fractions(split_fractions)
+        self.split_seed = split_seed
+        self.split_file = split_file
+        self.few_shot = few_shot
+        self.on_bad_file = on_bad_file
+        self.decode_cache = decode_cache
         self.datasets: dict[str, UltrasoundDataset] = {}
         self.manifest: pd.DataFrame | None = None
+        self.split_manifest: pd.DataFrame | None = None
+        self.skipped: list[tuple[str, str]] = []
+        self.duplicates: pd.DataFrame = pd.DataFrame(columns=list(GROUP_COLUMNS))
+        self._split_file_reused = False
+        self._saved_split_dirs: set[str] = set()
+        self._fingerprints: dict[str, list[Fingerprint]] = {}
 
     @abstractmethod
     def read_manifest(self) -> pd.DataFrame:
-        """Read the dataset layout into a manifest with the columns of ``MANIFEST_COLUMNS``."""
+        """Read the dataset layout into a manifest.
+
+        Columns ``name, image, mask, label, split, patient`` and optionally ``label_name``; see
+        :mod:`usvl.data.sources.nextgen` for the contract.
+        """
 
     def validate_manifest(self, manifest: pd.DataFrame) -> pd.DataFrame:
-        """Check columns, splits and labels of a manifest.
+        """Check the manifest's columns, names, files, masks and labels; raise or drop per ``on_bad_file``.
+
+        Checked per image: the image file exists; for segmentation a mask is listed and its files exist; for
+        classification the label is in ``[0, num_classes)``. Decoding problems are found later, by the dataset.
+
+        Returns:
+            The normalised manifest (see :func:`usvl.data.splits.normalise_manifest`), without the bad rows under
+            ``on_bad_file="skip"`` (those are added to :attr:`skipped` and logged).
 
         Raises:
-            ValueError: A column is missing, a split is empty, or a label is outside ``[0, num_classes)``.
+            ValueError: A required column is missing or names repeat.
+            BadFilesError: Bad rows under ``on_bad_file="error"``; the message names them.
         """
-        missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
+        missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
         if missing:
             raise ValueError(f"Manifest lacks columns {missing}")
-        for split in SPLITS:
+        manifest = normalise_manifest(manifest)
+        names = manifest["name"].astype(str)
+        repeated = sorted(set(names[names.duplicated()]))
+        if repeated:
+            raise ValueError(f"Manifest names must be unique; {len(repeated)} repeat: {repeated[:20]}")
+        problems: list[tuple[int, str, str]] = []
+        for position, row in enumerate(manifest.itertuples(index=False)):
+            name = str(row.name)
+            image = cell_paths(row.image)
+            if not image:
+                problems.append((position, name, "no image path"))
+            elif not Path(image[0]).is_file():
+                problems.append((position, name, f"image file missing: {image[0]}"))
+            if self.task == "segmentation":
+                masks = cell_paths(row.mask)
+                absent = [m for m in masks if not Path(m).is_file()]
+                if not masks:
+                    problems.append((position, name, "no mask"))
+                elif absent:
+                    problems.append((position, name, f"mask file missing: {', '.join(absent)}"))
+            elif not 0 <= int(row.label) < self.num_classes:
+                raw = f" (label_name {row.label_name!r})" if row.label_name is not None else ""
+                problems.append((position, name, f"label {int(row.label)}{raw} outside 0..{self.num_classes - 1} "
+                                                 f"{self.class_names}"))
+        if not problems:
+            return manifest
+        if self.on_bad_file == "error":
+            listed = "; ".join(f"{name}: {reason}" for _, name, reason in problems[:20])
+            more = f"; and {len(problems) - 20} more" if len(problems) > 20 else ""
+            raise BadFilesError(
+                f"{len(problems)} of {len(manifest)} images are unusable: {listed}{more}. Fix them, pass "
+                f"on_bad_file='skip' to leave them out, or run `usvl data check` for a full report."
+            )
+        self._record_skipped([(name, reason) for _, name, reason in problems], len(manifest))
+        bad = {position for position, _, _ in problems}
+        return manifest[[i not in bad for i in range(len(manifest))]].reset_index(drop=True)
+
+    def _record_skipped(self, skipped: list[tuple[str, str]], total: int, level: int = logging.WARNING) -> None:
+        if not skipped:
+            return
+        self.skipped.extend(skipped)
+        log.log(level, "Skipped %d of %d images (on_bad_file='skip'); %d skipped in all so far:\n%s", len(skipped),
+                total, len(self.skipped), "\n".join(f"  {name}: {reason}" for name, reason in skipped))
+
+    def prepare_manifest(self) -> pd.DataFrame:
+        """Read, validate, split and subset the manifest (once; cached in :attr:`manifest`).
+
+        Raises:
+            ValueError: A split with a non-zero fraction ends up empty, or the split file does not match.
+        """
+        if self.manifest is not None:
+            return self.manifest
+        manifest = self.validate_manifest(self.read_manifest())
+        split_path = Path(self.split_file) if self.split_file else None
+        if split_path is not None and split_path.is_file():
+            manifest = read_split_file(split_path, manifest, ignore=[name for name, _ in self.skipped])
+            self._split_file_reused = True
+            log.info("Using the splits of %s", split_path)
+        else:
+            manifest = assign_splits(manifest, self.split_fractions, self.split_seed)
+        for split, fraction in zip(SPLITS, self.split_fractions, strict=True):
             if not (manifest["split"] == split).any():
-                raise ValueError(f"The {split} split is empty")
-        if self.task == "classification":
-            labels = manifest["label"]
-            bad = manifest[labels.isna() | (labels < 0) | (labels >= self.num_classes)]
-            if len(bad):
-                raise ValueError(
-                    f"{len(bad)} images have labels outside 0..{self.num_classes - 1} "
-                    f"({self.class_names}), e.g. {bad['name'].head(5).tolist()}"
-                )
+                message = f"The {split} split is empty ({len(manifest)} images, fractions {self.split_fractions})"
+                if fraction > 0 or self._split_file_reused:
+                    raise ValueError(message)
+                log.warning(message)
+        self.split_manifest = manifest
+        if split_path is not None and not self._split_file_reused and self._is_global_zero():
+            write_split_file(manifest, split_path)
+            log.info("Wrote the splits to %s", split_path)
+        if self.few_shot is not None:
+            manifest = few_shot_subset(manifest, self.few_shot, self.split_seed)
+            log.info("Few-shot: training on %d of %d training images (%g %%, seed %d)",
+                     int((manifest["split"] == "train").sum()), int((self.split_manifest["split"] == "train").sum()),
+                     self.few_shot, self.split_seed)
+        self.manifest = manifest
+        counts = manifest.groupby(["split", "label"]).size().to_dict()
+        log.info("Manifest: %d images; per (split, label): %s", len(manifest), counts)
         return manifest
 
+    def _is_global_zero(self) -> bool:
+        trainer = self.trainer
+        return trainer is None or trainer.is_global_zero
+
+    def save_splits(self, folder: str | Path) -> Path | None:
+        """Write ``splits.csv`` to ``folder``; an identical existing file is kept, a different one raises.
+
+        With ``few_shot`` set, ``few_shot.csv`` (``name,patient`` of the training images used) is written too.
+
+        Returns:
+            The split file's path (None on non-zero ranks, which write nothing).
+
+        Raises:
+            ValueError: ``folder/splits.csv`` exists with other splits (and is not the reused ``split_file``).
+        """
+        self.prepare_manifest()
+        manifest = self.split_manifest
+        assert manifest is not None
+        if not self._is_global_zero():
+            return None
+        path = Path(folder) / "splits.csv"
+        reused = self.split_file if self._split_file_reused else None
+        if save_split_file(manifest, path, reused=reused):
+            log.info("Wrote the splits used to %s", path)
+        if self.few_shot is not None and self.manifest is not None:
+            train = self.manifest[self.manifest["split"] == "train"]
+            train[["name", "patient"]].to_csv(Path(folder) / "few_shot.csv", index=False)
+        return path
+
     def setup(self, stage: str | None = None) -> None:
-        """Read the manifest once and decode the splits the stage needs."""
-        if self.manifest is None:
-            self.manifest = self.validate_manifest(self.read_manifest())
-            counts = self.manifest.groupby(["split", "label"]).size().to_dict()
-            log.info("Manifest: %d images; per (split, label): %s", len(self.manifest), counts)
+        """Prepare the manifest once, save the splits next to the run, and decode the splits the stage needs."""
+        manifest = self.prepare_manifest()
+        trainer = self.trainer
+        if trainer is not None and len(trainer.loggers) > 0:
+            folder = trainer.log_dir  # every rank must ask (it broadcasts)
+            if folder is not None and folder not in self._saved_split_dirs:
+                self.save_splits(folder)
+                self._saved_split_dirs.add(folder)
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
                   "predict": (self.predict_split,)}.get(stage or "", SPLITS)
+        built = False
         for split in needed:
             if split not in self.datasets:
-                rows = self.manifest[self.manifest["split"] == split].reset_index(drop=True)
-                self.datasets[split] = UltrasoundDataset(rows, self.image_size,
-                                                         with_masks=self.task == "segmentation")
+                rows = manifest[manifest["split"] == split].reset_index(drop=True)
+                dataset = UltrasoundDataset(rows, self.image_size, with_masks=self.task == "segmentation",
+                                            on_bad_file=self.on_bad_file, cache=self.decode_cache)
+                # the dataset already warned with the count and first names; list them all at info level
+                self._record_skipped(list(dataset.skipped), len(rows), logging.INFO)
+                self.datasets[split] = dataset
+                built = True
+        if built:
+            self._check_duplicates()
+
+    def _check_duplicates(self) -> None:
+        """Fingerprint the new datasets' decoded arrays and warn about duplicate groups that span splits."""
+        for split, dataset in self.datasets.items():
+            if split not in self._fingerprints:
+                self._fingerprints[split] = [fingerprint_array(image[0].numpy()) for image in dataset.images]
+        if len(self._fingerprints) < 2:
+            return
+        names: list[str] = []
+        splits: list[str] = []
+        fingerprints: list[Fingerprint] = []
+        for split, prints in self._fingerprints.items():
+            names += [str(n) for n in self.datasets[split].names]
+            splits += [split] * len(prints)
+            fingerprints += prints
+        table = pd.DataFrame({"name": names, "split": splits})
+        groups = cross_split_duplicates(groups_frame(duplicate_groups(fingerprints), table, fingerprints))
+        previous = _group_members(self.duplicates)
+        self.duplicates = groups
+        lines = [f"  {members['kind'].iloc[0]}: " + ", ".join(f"{n} [{s}]" for n, s in
+                                                              zip(members["name"], members["split"], strict=True))
+                 for _, members in groups.groupby("group") if tuple(sorted(members["name"])) not in previous]
+        if lines:
+            per_kind = groups.drop_duplicates("group")["kind"].value_counts().to_dict()
+            log.warning("%d duplicate groups span the splits %s (%s; compared at %d px), which leaks evaluation "
+                        "images into training:\n%s", len(lines), sorted(self._fingerprints), per_kind,
+                        self.image_size, "\n".join(lines))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
@@ -133,11 +352,16 @@ class UltrasoundDataModule(pl.LightningDataModule):
         return batch
 
     def split_counts(self) -> dict[str, dict[str, int]]:
-        """Images per split and class name."""
-        if self.manifest is None:
-            self.manifest = self.validate_manifest(self.read_manifest())
+        """Images per split and class name (after the few-shot subset)."""
+        self.prepare_manifest()
+        assert self.manifest is not None
         counts: dict[str, dict[str, int]] = {}
         for (split, label), n in self.manifest.groupby(["split", "label"]).size().items():
             name = self.class_names[int(label)] if 0 <= label < self.num_classes else str(label)
             counts.setdefault(split, {})[name] = int(n)
         return counts
+
+
+def _group_members(groups: pd.DataFrame) -> set[tuple[str, ...]]:
+    """The sorted member names of each group of a duplicates table."""
+    return {tuple(sorted(members["name"])) for _, members in groups.groupby("group")} if len(groups) else set()

@@ -1,46 +1,92 @@
-"""A map-style dataset over a manifest, with images decoded and resized once into memory."""
+"""A map-style dataset over a manifest, with images decoded and resized once into memory (and onto disk)."""
 
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from usvl.data.transforms import load_image, load_mask
+from usvl.data.decode_cache import DecodeCache, DecodedSplit, is_missing
+from usvl.data.transforms import check_mask_size, decode_image, decode_mask
 
 log = logging.getLogger(__name__)
+
+BAD_FILE_POLICIES = ("error", "skip")
 
 
 class UltrasoundDataset(Dataset):
     """Images (and masks) of one split, decoded once to ``uint8`` arrays of ``size x size``.
 
     Each item is a dict with ``image`` (``uint8 [1, S, S]``), ``label`` (``long``, -1 when unknown),
-    ``mask`` (``uint8 [1, S, S]``, when the manifest has masks) and ``name``.
+    ``mask`` (``uint8 [1, S, S]`` in {0, 1}, with ``with_masks``) and ``name``. Decoding follows
+    ``usvl.data.transforms`` (mask binarisation, bit depth, orientation, mask/image size rules). The decoded
+    arrays are kept in a disk cache (``usvl.data.decode_cache``) keyed by the files' paths, sizes and
+    modification times, so a later run loads them instead of decoding.
 
     Args:
-        manifest: Rows with columns ``name``, ``image``, ``mask``, ``label``.
+        manifest: Rows with columns ``name``, ``image``, ``mask``, ``label``. A mask cell may hold a list of
+            paths (several masks of one image, OR-merged).
         size: Output side length.
         with_masks: Load the masks (segmentation).
         threads: Decoding threads.
+        on_bad_file: ``"error"``: a corrupt, unreadable or missing file (or a missing mask, or a mask of an
+            unrelated size) raises, naming the file. ``"skip"``: such rows are dropped, listed in
+            :attr:`skipped` and reported in one warning with their count and first names.
+        cache: Use the disk cache of decoded arrays (``True``: under ``usvl.paths.cache_dir()/decoded``; a
+            path: that folder; ``False`` or ``None``: always decode, write nothing).
+
+    Attributes:
+        skipped: ``(name, reason)`` of every row left out under ``on_bad_file="skip"``.
+        kept: Manifest positions of the rows in the dataset.
+        cache_hit: Whether the arrays came from the disk cache.
+        cache_path: The cache entry's JSON file, or ``None`` with ``cache=False``.
+
+    Raises:
+        ValueError: A file cannot be decoded, a mask does not fit its image, or ``on_bad_file`` is unknown.
+        FileNotFoundError: A file or a mask is missing (with ``on_bad_file="error"``).
     """
 
-    def __init__(self, manifest: pd.DataFrame, size: int, with_masks: bool = False, threads: int = 4) -> None:
-        self.names = manifest["name"].tolist()
-        self.labels = torch.tensor(manifest["label"].fillna(-1).astype(int).tolist(), dtype=torch.long)
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            images = list(pool.map(lambda p: load_image(p, size), manifest["image"]))
-            self.images = torch.from_numpy(np.stack(images)[:, None]) if images else torch.empty(0, 1, size, size)
-            self.masks = None
-            if with_masks:
-                missing = manifest[manifest["mask"].isna()]["name"].tolist()
-                if missing:
-                    raise FileNotFoundError(f"{len(missing)} images have no mask, e.g. {missing[:5]}")
-                masks = list(pool.map(lambda p: load_mask(p, size), manifest["mask"]))
-                self.masks = torch.from_numpy(np.stack(masks)[:, None])
+    def __init__(self, manifest: pd.DataFrame, size: int, with_masks: bool = False, threads: int = 4,
+                 on_bad_file: Literal["error", "skip"] = "error",
+                 cache: bool | str | os.PathLike | None = True) -> None:
+        if on_bad_file not in BAD_FILE_POLICIES:
+            raise ValueError(f"on_bad_file must be one of {BAD_FILE_POLICIES}, not {on_bad_file!r}")
+        names = [str(name) for name in manifest["name"].tolist()]
+        images = manifest["image"].tolist()
+        masks = manifest["mask"].tolist() if "mask" in manifest.columns else [None] * len(names)
+        labels = manifest["label"].fillna(-1).astype(int).tolist()
+        self.size = size
+        self.cache_hit = False
+        self.cache_path = None
+        entry = None
+        if cache and len(names):
+            entry = DecodeCache(images, masks, size, with_masks, root=None if cache is True else cache)
+            self.cache_path = entry.meta_path
+        split = entry.load() if entry is not None else None
+        if split is not None and split.skipped and on_bad_file == "error":
+            split = None  # decode again, so the first bad file raises its own error
+        if split is None:
+            split = _decode_split(names, images, masks, size, with_masks, threads, on_bad_file)
+            if entry is not None:
+                entry.save(split)
+        else:
+            self.cache_hit = True
+        self.kept = split.kept
+        self.skipped = split.skipped
+        if self.skipped:
+            examples = "; ".join(f"{name} ({reason})" for name, reason in self.skipped[:3])
+            log.warning("Skipped %d of %d images with bad or missing files (on_bad_file='skip'), e.g. %s",
+                        len(self.skipped), len(names), examples)
+        self.names = [names[i] for i in self.kept]
+        self.labels = torch.tensor([labels[i] for i in self.kept], dtype=torch.long)
+        self.images = torch.from_numpy(split.images)
+        self.masks = torch.from_numpy(split.masks) if split.masks is not None else None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -50,3 +96,59 @@ class UltrasoundDataset(Dataset):
         if self.masks is not None:
             item["mask"] = self.masks[index]
         return item
+
+
+def _decode_split(names: list[str], images: list[Any], masks: list[Any], size: int, with_masks: bool,
+                  threads: int, on_bad_file: str) -> DecodedSplit:
+    """Decode every row into preallocated arrays; raise at the first bad row or record it, per ``on_bad_file``."""
+    count = len(names)
+    image_out = np.zeros((count, 1, size, size), dtype=np.uint8)
+    mask_out = np.zeros((count, 1, size, size), dtype=np.uint8) if with_masks else None
+    reasons: dict[int, str] = {}
+    if with_masks:
+        missing = [i for i in range(count) if is_missing(masks[i])]
+        if missing and on_bad_file == "error":
+            raise FileNotFoundError(
+                f"{len(missing)} images have no mask, e.g. {[names[i] for i in missing[:5]]} "
+                f"(images {[str(images[i]) for i in missing[:2]]})"
+            )
+        reasons.update({i: "no mask" for i in missing})
+
+    def work(index: int) -> tuple[int, Exception | None, bool]:
+        try:
+            if is_missing(images[index]):
+                raise FileNotFoundError(f"No image path for {names[index]}")
+            image = decode_image(images[index], size)
+            image_out[index, 0] = image.array
+            rescaled = False
+            if mask_out is not None:
+                mask = decode_mask(masks[index], size)
+                rescaled = check_mask_size(images[index], image.source_size, masks[index], mask.source_size)
+                mask_out[index, 0] = mask.array
+        except (ValueError, OSError) as error:
+            return index, error, False
+        return index, None, rescaled
+
+    todo = [i for i in range(count) if i not in reasons]
+    rescaled_count = 0
+    pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 and len(todo) > 1 else None
+    try:
+        results = pool.map(work, todo) if pool is not None else map(work, todo)
+        for index, error, rescaled in results:
+            if error is not None:
+                if on_bad_file == "error":
+                    raise error
+                reasons[index] = str(error)
+            rescaled_count += rescaled
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    if rescaled_count:
+        log.info("%d masks differ in size from their images but share their aspect ratio; resized with them",
+                 rescaled_count)
+    kept = [i for i in range(count) if i not in reasons]
+    if len(kept) < count:
+        image_out = image_out[kept]
+        mask_out = mask_out[kept] if mask_out is not None else None
+    skipped = [(names[i], reasons[i]) for i in sorted(reasons)]
+    return DecodedSplit(image_out, mask_out, kept, [names[i] for i in kept], skipped)

@@ -1,4 +1,9 @@
-"""Procedural B-mode ultrasound generator (numpy/scipy/Pillow only)."""
+"""Procedural B-mode ultrasound generator (numpy/scipy/Pillow only).
+
+Presets: ``thyroid`` (TN3K/DDTI-like, TI-RADS), ``breast`` (BUSI-like, BI-RADS), ``ln-int`` and ``ln-ext`` (cervical
+lymph nodes, benign vs metastatic, seen by two centres: a cross-centre pair), ``prostate`` (micro-US gland
+segmentation, endocavity sector probe).
+"""
 
 from .presets import PRESETS, Preset
 from .render import SyntheticSample, render_sample

@@ -99,3 +99,81 @@ def breast_caption(d: dict) -> str:
         f"{p['echo_pattern'][d['echo_pattern']]}, {p['posterior'][d['posterior']]}, "
         f"{p['calcification'][d['calcification']]}."
     )
+
+
+LYMPH_NODE_PHRASES = {
+    "shape": {"oval": "Oval", "round": "Round"},
+    "hilum": {
+        "present": "a preserved echogenic fatty hilum",
+        "narrowed": "a narrowed, compressed fatty hilum",
+        "absent": "no echogenic fatty hilum",
+    },
+    "cortex": {
+        "thin": "a thin, uniform hypoechoic cortex",
+        "concentric_thickening": "concentric cortical thickening",
+        "eccentric_thickening": "eccentric cortical thickening",
+        "diffuse": "the cortex filling the whole node",
+    },
+    "echogenicity": {
+        "hypoechoic": "hypoechoic",
+        "markedly_hypoechoic": "markedly hypoechoic",
+        "heterogeneous": "heterogeneous",
+    },
+    "necrosis": {"none": "no necrosis", "cystic": "cystic necrosis"},
+    "calcification": {"none": "no calcifications", "micro": "microcalcifications"},
+    "margin": {"sharp": "sharp margins", "indistinct": "indistinct margins"},
+}
+
+PROSTATE_PHRASES = {
+    "transition_zone": {
+        "normal": "a small transition zone",
+        "enlarged": "an enlarged, nodular transition zone (benign prostatic hyperplasia)",
+    },
+    "lesion": {
+        "none": "no focal lesion",
+        "pz_hypoechoic": "a hypoechoic, ill-defined peripheral-zone lesion",
+        "pz_isoechoic": "a subtle, nearly isoechoic peripheral-zone lesion",
+        "tz_nodule": "a well-circumscribed transition-zone nodule",
+    },
+    "capsule": {"smooth": "a smooth, continuous capsule", "bulge": "a focal capsular bulge"},
+    "calcification": {
+        "none": "no calcifications",
+        "scattered": "scattered prostatic calcifications",
+        "shadowing": "prostatic calcifications with posterior acoustic shadowing",
+    },
+}
+
+
+def lymph_node_caption(d: dict) -> str:
+    """Caption a cervical lymph node from its descriptors.
+
+    Args:
+        d: Lymph-node descriptors (``ls_ratio`` is the long-to-short axis ratio).
+
+    Returns:
+        One-sentence description in radiology terms.
+    """
+    p = LYMPH_NODE_PHRASES
+    cortex = "" if d["hilum"] == "absent" else f" and {p['cortex'][d['cortex']]}"
+    return (
+        f"{p['shape'][d['shape']]} cervical lymph node (long-to-short axis ratio {d['ls_ratio']:.1f}) with "
+        f"{p['hilum'][d['hilum']]}{cortex}, {p['echogenicity'][d['echogenicity']]}, "
+        f"{p['necrosis'][d['necrosis']]}, {p['calcification'][d['calcification']]} and "
+        f"{p['margin'][d['margin']]}."
+    )
+
+
+def prostate_caption(d: dict) -> str:
+    """Caption a transverse transrectal (micro-)ultrasound image of the prostate from its descriptors.
+
+    Args:
+        d: Prostate descriptors.
+
+    Returns:
+        One-sentence description in radiology terms.
+    """
+    p = PROSTATE_PHRASES
+    return (
+        f"Transverse transrectal ultrasound of the prostate gland with {p['transition_zone'][d['transition_zone']]}, "
+        f"{p['lesion'][d['lesion']]}, {p['capsule'][d['capsule']]} and {p['calcification'][d['calcification']]}."
+    )

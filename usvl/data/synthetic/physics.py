@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .probe import BeamGrid, LinearProbe, upsample
+from .probe import BeamGrid, Probe, SectorGrid, upsample
 from .scene import Scene
 
 N_PSF_BANDS = 4
@@ -25,6 +25,8 @@ class Receiver:
         gain_target: Grey level (0-1) given to the median reference tissue.
         gamma: Display gamma.
         focal_gain_db: Extra gain around the focus (dB).
+        smoothing_px: Sigma (output pixels) of the scanner's speckle-reduction smoothing of the log image before
+            display; 0 (the default) means none.
     """
 
     alpha_nominal: float
@@ -34,6 +36,7 @@ class Receiver:
     gain_target: float
     gamma: float
     focal_gain_db: float
+    smoothing_px: float = 0.0
 
     @classmethod
     def sample(cls, rng: np.random.Generator, alpha_nominal: float) -> Receiver:
@@ -62,14 +65,15 @@ def speckle_field(echo_db: np.ndarray, rng: np.random.Generator) -> tuple[np.nda
 
 
 def add_points(
-    re: np.ndarray, im: np.ndarray, grid: BeamGrid, points: list, rng: np.random.Generator
+    re: np.ndarray, im: np.ndarray, grid: BeamGrid | SectorGrid, points: list, rng: np.random.Generator
 ) -> None:
     """Add point reflectors (random phase) at their nearest beam-grid sample, in place."""
     if not points:
         return
     pts = np.asarray(points, np.float64)
-    iz = np.rint((pts[:, 1] - grid.z_mm[0]) / grid.dz_mm).astype(int)
-    ix = np.rint((pts[:, 0] - grid.x_mm[0]) / grid.dx_mm).astype(int)
+    fz, fx = grid.beam_index(pts[:, 0], pts[:, 1])
+    iz = np.rint(fz).astype(int)
+    ix = np.rint(fx).astype(int)
     ok = (iz >= 0) & (iz < re.shape[0]) & (ix >= 0) & (ix < re.shape[1])
     amp = 10.0 ** (pts[:, 2] / 20.0) * 3.0
     phase = rng.uniform(0, 2 * np.pi, len(pts))
@@ -86,13 +90,13 @@ def lateral_kernel(fwhm_mm: float, dx_mm: float) -> np.ndarray:
     return (k / np.sqrt((k**2).sum())).astype(np.float32)
 
 
-def lateral_fwhm(probe: LinearProbe, z: np.ndarray) -> np.ndarray:
+def lateral_fwhm(probe: Probe, z: np.ndarray) -> np.ndarray:
     """Lateral FWHM versus depth: focal value growing away from focus, with near-field broadening."""
     near = 1.0 + 0.6 * np.exp(-z / 4.0)
     return probe.lateral_fwhm_mm * (1.0 + 1.2 * np.abs(z - probe.focus_mm) / probe.depth_mm) * near
 
 
-def apply_psf(re: np.ndarray, im: np.ndarray, grid: BeamGrid, probe: LinearProbe) -> np.ndarray:
+def apply_psf(re: np.ndarray, im: np.ndarray, grid: BeamGrid | SectorGrid, probe: Probe) -> np.ndarray:
     """Convolve the complex field with the axial and depth-dependent lateral PSF; return the envelope."""
     sig_ax = probe.axial_fwhm_mm / 2.355 / grid.dz_mm
     re = ndimage.gaussian_filter1d(re, sig_ax, axis=0, truncate=3.0)
@@ -107,7 +111,7 @@ def apply_psf(re: np.ndarray, im: np.ndarray, grid: BeamGrid, probe: LinearProbe
     for i in range(N_PSF_BANDS):
         w = np.clip(1.0 - np.abs(t - i), 0.0, 1.0)[:, None]
         rows = w[:, 0] > 0
-        k = lateral_kernel(float(fw[i]), grid.dx_mm)
+        k = lateral_kernel(float(fw[i]), grid.lateral_step_mm(float(zb[i])))
         out_re[rows] += w[rows] * ndimage.convolve1d(re[rows], k, axis=1, mode="reflect")
         out_im[rows] += w[rows] * ndimage.convolve1d(im[rows], k, axis=1, mode="reflect")
     np.multiply(out_re, out_re, out=env2)
@@ -115,13 +119,13 @@ def apply_psf(re: np.ndarray, im: np.ndarray, grid: BeamGrid, probe: LinearProbe
     return env2
 
 
-def attenuation_loss_db(alpha: np.ndarray, grid: BeamGrid, f0_mhz: float) -> np.ndarray:
+def attenuation_loss_db(alpha: np.ndarray, grid: BeamGrid | SectorGrid, f0_mhz: float) -> np.ndarray:
     """Two-way cumulative attenuation along each beam (dB), shape of ``alpha``."""
     dz_cm = grid.dz_mm / 10.0
     return (2.0 * f0_mhz * dz_cm) * np.cumsum(alpha, axis=0, dtype=np.float32)
 
 
-def tgc_db(grid: BeamGrid, probe: LinearProbe, rx: Receiver) -> np.ndarray:
+def tgc_db(grid: BeamGrid | SectorGrid, probe: Probe, rx: Receiver) -> np.ndarray:
     """Time-gain compensation (dB) versus depth, shape (nz, 1)."""
     z = grid.z_mm
     nominal = 2.0 * probe.f0_mhz * rx.alpha_nominal * z / 10.0
@@ -132,7 +136,7 @@ def tgc_db(grid: BeamGrid, probe: LinearProbe, rx: Receiver) -> np.ndarray:
 
 
 def form_image_db(
-    scene: Scene, grid: BeamGrid, probe: LinearProbe, rx: Receiver, rng: np.random.Generator
+    scene: Scene, grid: BeamGrid | SectorGrid, probe: Probe, rx: Receiver, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run the physics pipeline on the beam grid.
 
@@ -177,6 +181,8 @@ def reference_level_db(img_db: np.ndarray, ref_w: np.ndarray) -> float:
 
 def to_display(img_db: np.ndarray, ref_db: float, rx: Receiver) -> np.ndarray:
     """Map dB to 8-bit grey: the reference tissue median lands on ``rx.gain_target``."""
+    if rx.smoothing_px > 0:
+        img_db = ndimage.gaussian_filter(img_db, rx.smoothing_px, truncate=2.5)
     lo = ref_db - rx.gain_target * rx.dynamic_range_db
     g = np.clip((img_db - lo) / np.float32(rx.dynamic_range_db), 0.0, 1.0) ** np.float32(rx.gamma)
     return np.clip(g * 255.0 + 0.5, 0, 255).astype(np.uint8)

@@ -8,7 +8,7 @@ import numpy as np
 
 from .physics import form_image_db, reference_level_db, to_display
 from .presets import PRESETS
-from .probe import make_beam_grid, output_coords, scan_convert
+from .probe import ConvexProbe, field_mask, make_beam_grid, output_coords, pixel_spacing, scan_convert
 from .version import GENERATOR_VERSION
 
 
@@ -18,11 +18,13 @@ class SyntheticSample:
 
     Attributes:
         image: Grey image (H, W) uint8.
-        mask: Lesion mask (H, W) uint8 in {0, 1}; empty for normal images.
+        mask: Lesion (or organ) mask (H, W) uint8 in {0, 1}; empty for normal images.
         label: Class name.
         descriptors: Lexicon descriptors (JSON-able).
         caption: Lexicon caption.
-        meta: pixel_spacing_mm, probe, f0_mhz, depth_mm, seed, generator_version, preset.
+        meta: pixel_spacing_mm, probe, f0_mhz, depth_mm, seed, generator_version, preset; convex probes add
+            pixel_spacing_x_mm (their pixels are anisotropic; ``pixel_spacing_mm`` is the row spacing),
+            radius_mm and span_deg.
     """
 
     image: np.ndarray
@@ -33,10 +35,15 @@ class SyntheticSample:
     meta: dict = field(default_factory=dict)
 
 
+def _stream(salt: int | None, *entropy: int) -> list[int]:
+    """Seed entropy of one random stream, with the preset's salt appended when it has one."""
+    return [*entropy] if salt is None else [*entropy, salt]
+
+
 def sample_label(preset: str, seed: int) -> str:
     """Draw a class for a seed from the preset's class proportions (used when no label is given)."""
     p = PRESETS[preset]
-    rng = np.random.default_rng([seed, 7])
+    rng = np.random.default_rng(_stream(p.seed_salt, seed, 7))
     probs = np.asarray(p.class_probs, np.float64)
     return p.class_names[int(rng.choice(len(probs), p=probs / probs.sum()))]
 
@@ -57,7 +64,7 @@ def render_sample(preset: str, seed: int, size: int = 256, label: str | None = N
     label = sample_label(preset, seed) if label is None else label
     if label not in p.class_names:
         raise ValueError(f"unknown label {label!r} for preset {preset!r}; expected one of {p.class_names}")
-    rng = np.random.default_rng([seed, p.class_names.index(label), 1])
+    rng = np.random.default_rng(_stream(p.seed_salt, seed, p.class_names.index(label), 1))
     desc = p.sample_descriptors(label, rng)
     probe, scene, rx = p.build_scene(desc, rng, size)
     grid = make_beam_grid(probe, size)
@@ -66,8 +73,12 @@ def render_sample(preset: str, seed: int, size: int = 256, label: str | None = N
     image = to_display(scan_convert(img_db, grid, probe, size), ref_db, rx)
     x, z = output_coords(probe, size)
     mask = scene.mask(x, z)
+    field = field_mask(probe, size)
+    if field is not None:
+        image = np.where(field, image, 0).astype(np.uint8)
+        mask = (mask & field).astype(np.uint8)
     meta = {
-        "pixel_spacing_mm": round(probe.depth_mm / size, 6),
+        "pixel_spacing_mm": round(pixel_spacing(probe, size)[0], 6),
         "probe": probe.name,
         "f0_mhz": round(probe.f0_mhz, 4),
         "depth_mm": round(probe.depth_mm, 4),
@@ -75,4 +86,8 @@ def render_sample(preset: str, seed: int, size: int = 256, label: str | None = N
         "generator_version": GENERATOR_VERSION,
         "preset": preset,
     }
+    if isinstance(probe, ConvexProbe):
+        meta["pixel_spacing_x_mm"] = round(pixel_spacing(probe, size)[1], 6)
+        meta["radius_mm"] = round(probe.radius_mm, 4)
+        meta["span_deg"] = round(probe.span_deg, 4)
     return SyntheticSample(image, mask, label, desc, p.caption(desc), meta)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .probe import BeamGrid
+from .probe import BeamGrid, SectorGrid
 from .shapes import StarShape
 
 
@@ -26,7 +26,8 @@ class Scene:
     """Scene maps evaluated at coarse beam-grid samples.
 
     Attributes:
-        grid: Coarse grid where the maps live.
+        grid: Coarse grid where the maps live (Cartesian for a linear probe, polar for a convex one; the maps are
+            indexed (sample along the beam, beam) either way and ``xz`` gives the Cartesian position of each).
         echo_db: Echogenicity in dB relative to the reference parenchyma.
         alpha: Attenuation in dB/cm/MHz.
         ref: Weight of the background reference tissue (used for display gain).
@@ -35,7 +36,7 @@ class Scene:
         lesions: Star shapes whose union is the ground-truth mask.
     """
 
-    grid: BeamGrid
+    grid: BeamGrid | SectorGrid
     echo_db: np.ndarray
     alpha: np.ndarray
     ref: np.ndarray
@@ -44,7 +45,7 @@ class Scene:
     lesions: list[StarShape] = field(default_factory=list)
 
     @classmethod
-    def empty(cls, grid: BeamGrid, echo_db: float, alpha: float) -> Scene:
+    def empty(cls, grid: BeamGrid | SectorGrid, echo_db: float, alpha: float) -> Scene:
         """Create a homogeneous scene."""
         shape = grid.shape
         return cls(
@@ -57,7 +58,10 @@ class Scene:
 
     @property
     def xz(self) -> tuple[np.ndarray, np.ndarray]:
-        """Broadcastable coarse-grid coordinates (x of shape (1, nx), z of shape (nz, 1))."""
+        """Broadcastable Cartesian coordinates of the coarse grid in mm.
+
+        Linear grids give x of shape (1, nx) and z of shape (nz, 1); sector grids give two (nz, nx) arrays.
+        """
         return self.grid.mesh()
 
     def paint(self, weight: np.ndarray, echo_db: float | np.ndarray, alpha: float | None = None) -> None:

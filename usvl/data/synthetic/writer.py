@@ -103,7 +103,7 @@ def generate_dataset(
     Files are written to a temporary sibling folder that is renamed onto ``root`` only when complete.
 
     Args:
-        preset: Preset name (``"thyroid"``, ``"breast"``).
+        preset: Preset name (``"thyroid"``, ``"breast"``, ``"ln-int"``, ``"ln-ext"``, ``"prostate"``).
         root: Destination folder; must not exist or be empty.
         profile: Size profile, a key of ``PROFILES``.
         seed: Base seed.

@@ -9,7 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..physics import Receiver
-from ..probe import LinearProbe
+from ..probe import LinearProbe, Probe
 from ..scene import Scene
 
 Table = Mapping[str, float]
@@ -28,6 +28,10 @@ class Preset:
         sample_descriptors: ``(label, rng) -> descriptors`` (class-conditional lexicon tables).
         build_scene: ``(descriptors, rng, size) -> (probe, scene, receiver)`` (nuisances drawn here).
         caption: ``descriptors -> caption``.
+        tasks: Tasks the preset's labels support (``classification``, ``segmentation``).
+        seed_salt: Extra entropy mixed into every image's random stream. Presets that share a scene model (two
+            centres of one dataset) use distinct salts so that the same seed does not give the same patient;
+            ``None`` keeps the original stream (thyroid, breast).
     """
 
     name: str
@@ -36,8 +40,10 @@ class Preset:
     prefix: str
     dataset_name: str
     sample_descriptors: Callable[[str, np.random.Generator], dict]
-    build_scene: Callable[[dict, np.random.Generator, int], tuple[LinearProbe, Scene, Receiver]]
+    build_scene: Callable[[dict, np.random.Generator, int], tuple[Probe, Scene, Receiver]]
     caption: Callable[[dict], str]
+    tasks: tuple[str, ...] = ("classification", "segmentation")
+    seed_salt: int | None = None
 
 
 def choose(table: Table, rng: np.random.Generator) -> str:

@@ -1,0 +1,207 @@
+"""A disk cache of decoded, resized ``uint8`` arrays, so later runs and epochs do not decode the files again.
+
+One entry per (split, size, with_masks): ``<identity>-<key>.images.npy`` (``uint8 [N, 1, S, S]``), optionally
+``<identity>-<key>.masks.npy``, and ``<identity>-<key>.json`` (names, kept manifest positions, skipped rows),
+under ``usvl.paths.cache_dir() / "decoded"``.
+
+* ``key`` hashes the decoder version, ``size``, ``with_masks`` and, per row, the image path and the mask path(s)
+  with each file's size and ``mtime_ns`` (absolute paths). Touching, rewriting or deleting any file changes
+  the key, so the entry is not used (a rewrite within the file system's timestamp resolution that keeps the
+  size is not noticed).
+* ``identity`` hashes the same without the file stamps; when an entry is written, older entries with the same
+  identity (stale versions of this split) are deleted, so invalidation does not grow the cache.
+* Files are written to a temporary name and renamed (``os.replace``), arrays first and the JSON last, so a
+  reader sees a complete entry or none; concurrent writers of one key write identical bytes.
+* Arrays are read with ``np.load(mmap_mode="r")`` and copied into memory, so the dataset does not depend on the
+  files afterwards (and pickles cheaply into DataLoader workers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from usvl.data.transforms import DECODER_VERSION
+from usvl.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class DecodedSplit:
+    """Decoded arrays of one split and what was left out.
+
+    Attributes:
+        images: ``uint8 [N, 1, S, S]`` of the kept rows.
+        masks: ``uint8 [N, 1, S, S]`` in {0, 1}, or ``None`` without masks.
+        kept: Manifest positions of the kept rows, in order.
+        names: Names of the kept rows.
+        skipped: ``(name, reason)`` of every row left out.
+    """
+
+    images: np.ndarray
+    masks: np.ndarray | None
+    kept: list[int]
+    names: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def is_missing(path: Any) -> bool:
+    """Whether a manifest path cell is empty (``None``, NaN or ``""``)."""
+    if isinstance(path, list | tuple):
+        return len(path) == 0
+    if isinstance(path, str | os.PathLike):
+        return os.fspath(path) == ""
+    return path is None or bool(pd.isna(path))
+
+
+def _paths(cell: Any) -> list[str]:
+    if is_missing(cell):
+        return []
+    cells = cell if isinstance(cell, list | tuple) else [cell]
+    return [os.path.abspath(os.fspath(p)) for p in cells]
+
+
+def _stamp(path: str) -> list[Any]:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return [path, None, None]
+    return [path, info.st_size, info.st_mtime_ns]
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def default_root() -> Path:
+    """Folder of the decoded-image cache: ``usvl.paths.cache_dir() / "decoded"``."""
+    return cache_dir() / "decoded"
+
+
+class DecodeCache:
+    """The cache entry of one split: its key, its files, and loading and saving them.
+
+    Args:
+        images: Image path per manifest row.
+        masks: Mask path (or list of paths, or empty) per row; ignored unless ``with_masks``.
+        size: Side length the arrays were resized to.
+        with_masks: Whether the entry holds masks.
+        root: Cache folder (default :func:`default_root`).
+    """
+
+    def __init__(self, images: Sequence[Any], masks: Sequence[Any] | None, size: int, with_masks: bool,
+                 root: str | os.PathLike | None = None) -> None:
+        self.size = int(size)
+        self.with_masks = bool(with_masks)
+        self.root = Path(root) if root is not None else default_root()
+        rows = []
+        for index, image in enumerate(images):
+            row = [_paths(image)]
+            if self.with_masks:
+                row.append(_paths(masks[index]) if masks is not None else [])
+            rows.append(row)
+        header = {"decoder": DECODER_VERSION, "format": FORMAT_VERSION, "size": self.size,
+                  "with_masks": self.with_masks}
+        self.identity = _digest({**header, "rows": rows})[:16]
+        stamped = [[[_stamp(p) for p in paths] for paths in row] for row in rows]
+        self.key = _digest({**header, "rows": stamped})[:24]
+        self.stem = f"{self.identity}-{self.key}"
+
+    @property
+    def images_path(self) -> Path:
+        """The images array file."""
+        return self.root / f"{self.stem}.images.npy"
+
+    @property
+    def masks_path(self) -> Path:
+        """The masks array file."""
+        return self.root / f"{self.stem}.masks.npy"
+
+    @property
+    def meta_path(self) -> Path:
+        """The JSON of names, kept positions and skipped rows; written last, so it marks a complete entry."""
+        return self.root / f"{self.stem}.json"
+
+    def load(self) -> DecodedSplit | None:
+        """Read the entry, or ``None`` on a miss (absent, stale or unreadable; logged either way)."""
+        if not self.meta_path.is_file():
+            log.info("Decoded-image cache miss: %s", self.meta_path)
+            return None
+        try:
+            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+            if meta.get("key") != self.key:
+                raise ValueError(f"key {meta.get('key')} != {self.key}")
+            count = len(meta["kept"])
+            images = self._read(self.images_path, count)
+            masks = self._read(self.masks_path, count) if self.with_masks else None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning("Decoded-image cache entry %s is unreadable (%s); decoding again", self.meta_path, error)
+            return None
+        log.info("Decoded-image cache hit: %d images from %s", count, self.images_path)
+        return DecodedSplit(images, masks, [int(i) for i in meta["kept"]], list(meta["names"]),
+                            [(str(name), str(reason)) for name, reason in meta["skipped"]])
+
+    def _read(self, path: Path, count: int) -> np.ndarray:
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+        expected = (count, 1, self.size, self.size)
+        if mapped.shape != expected or mapped.dtype != np.uint8:
+            raise ValueError(f"{path.name} holds {mapped.dtype} {mapped.shape}, expected uint8 {expected}")
+        array = np.array(mapped)  # copy out of the memory map
+        del mapped
+        return array
+
+    def save(self, split: DecodedSplit) -> None:
+        """Write the entry atomically and delete stale entries of the same split; failures only warn."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._write_array(self.images_path, split.images)
+            if self.with_masks and split.masks is not None:
+                self._write_array(self.masks_path, split.masks)
+            meta = {"key": self.key, "identity": self.identity, "decoder": DECODER_VERSION, "size": self.size,
+                    "with_masks": self.with_masks, "kept": list(split.kept), "names": list(split.names),
+                    "skipped": [list(row) for row in split.skipped]}
+            self._write_bytes(self.meta_path, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+        except OSError as error:
+            log.warning("Could not write the decoded-image cache %s: %s", self.meta_path, error)
+            return
+        log.info("Decoded-image cache written: %d images to %s", len(split.kept), self.images_path)
+        self._remove_stale()
+
+    def _write_array(self, path: Path, array: np.ndarray) -> None:
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(temporary, "wb") as handle:
+                np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def _write_bytes(self, path: Path, data: bytes) -> None:
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            temporary.write_bytes(data)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def _remove_stale(self) -> None:
+        for path in self.root.glob(f"{self.identity}-*"):
+            if not path.name.startswith(self.stem + "."):
+                try:
+                    path.unlink()
+                    log.debug("Removed stale decoded-image cache file %s", path)
+                except OSError:
+                    pass

@@ -1,0 +1,100 @@
+"""Source readers by name, for ``usvl data check --source NAME --root DIR --option key=value``."""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from usvl.data.sources.busi import read_busi_manifest
+from usvl.data.sources.ddti import read_ddti_manifest
+from usvl.data.sources.folder import read_folder_manifest
+from usvl.data.sources.nextgen import read_nextgen_manifest
+from usvl.data.sources.prostate import read_prostate_manifest
+from usvl.data.sources.tn3k import read_tn3k_manifest
+
+SOURCES: dict[str, Callable[..., pd.DataFrame]] = {
+    "busi": read_busi_manifest,
+    "tn3k": read_tn3k_manifest,
+    "ddti": read_ddti_manifest,
+    "prostate": read_prostate_manifest,
+    "nextgen": read_nextgen_manifest,
+    "folder": read_folder_manifest,
+}
+"""Reader of each source: ``read(root, **options) -> manifest`` (see :mod:`usvl.data.sources.nextgen`)."""
+
+
+def source_options(name: str) -> dict[str, inspect.Parameter]:
+    """The options a source's reader accepts (its parameters after ``root``).
+
+    Raises:
+        KeyError: Unknown source; the message lists the known ones.
+    """
+    reader = _reader(name)
+    parameters = list(inspect.signature(reader).parameters.values())[1:]
+    return {p.name: p for p in parameters}
+
+
+def read_source(name: str, root: str | Path, **options: Any) -> pd.DataFrame:
+    """Read a source's manifest by name.
+
+    String option values (as given on a command line) are converted to the type the reader expects: ``true`` /
+    ``false`` to bool, numbers to int, ``none`` to None, ``[a, b]`` or ``a,b`` to a list (YAML syntax).
+
+    Args:
+        name: Source name, one of :data:`SOURCES`.
+        root: Dataset folder (or file, for a CSV manifest).
+        **options: Reader options, e.g. ``include_normal=False`` (busi), ``fold=1`` (tn3k), ``dataset="BUSI"``
+            (nextgen).
+
+    Raises:
+        KeyError: Unknown source; the message lists the known ones.
+        TypeError: Unknown option; the message lists the accepted ones.
+    """
+    reader = _reader(name)
+    accepted = source_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(f"Source '{name}' has no option(s) {unknown}; it accepts {sorted(accepted)}")
+    hints = typing.get_type_hints(reader)
+    converted = {key: _convert(value, hints.get(key)) for key, value in options.items()}
+    return reader(root, **converted)
+
+
+def _reader(name: str) -> Callable[..., pd.DataFrame]:
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise KeyError(f"Unknown data source '{name}'; known sources: {sorted(SOURCES)}") from None
+
+
+def _accepts_str(annotation: Any) -> bool:
+    if annotation is None or annotation is str or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts_str(a) for a in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return all(isinstance(a, str) for a in typing.get_args(annotation))
+    return False
+
+
+def _convert(value: Any, annotation: Any) -> Any:
+    if annotation is str and value is not None and not isinstance(value, str):
+        return str(value)  # e.g. dataset=2021 parsed as a number by a command line
+    if not isinstance(value, str) or _accepts_str(annotation):
+        return value
+    parsed = yaml.safe_load(value) if value.strip() else None
+    if isinstance(parsed, str) and parsed.lower() in ("none", "null"):
+        return None
+    origin = typing.get_origin(annotation)
+    sequence = origin in (list, tuple) or str(origin).endswith("Sequence'>") or "Sequence" in str(annotation)
+    if sequence and isinstance(parsed, str):
+        return [part.strip() for part in parsed.split(",") if part.strip()]
+    return parsed
