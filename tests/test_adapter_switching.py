@@ -1,4 +1,5 @@
-"""Every adapter kind can be switched in from the command line, with no other edit, and trains end to end."""
+"""Every adapter kind can be switched in from the command line, with no other edit, and trains end to end: on the
+tiny ViT-CLIP and on the embedded EfficientNet-Lite0 (a CNN: LoRA then adapts its 1x1 convolutions)."""
 
 import json
 from pathlib import Path
@@ -8,7 +9,8 @@ import pytest
 from usvl.cli import run_lightning
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "configs" / "smoke" / "tiny_vit_cls.yaml")
+CONFIGS = {"tiny-vit": str(REPO / "configs" / "smoke" / "tiny_vit_cls.yaml"),
+           "embedded": str(REPO / "configs" / "smoke" / "thyroid_cls.yaml")}
 
 ADAPTERS = {
     "mona-baseline": ["--model.init_args.adapter", "usvl.models.adapters.MonaAdapter"],
@@ -23,8 +25,9 @@ ADAPTERS = {
 
 
 @pytest.mark.parametrize("kind", list(ADAPTERS))
-def test_adapter_kind_switches_from_the_command_line(kind, tmp_path):
-    cli = run_lightning(["fit", "--config", TINY, "--trainer.logger.init_args.save_dir", str(tmp_path),
+@pytest.mark.parametrize("encoder", list(CONFIGS))
+def test_adapter_kind_switches_from_the_command_line(encoder, kind, tmp_path):
+    cli = run_lightning(["fit", "--config", CONFIGS[encoder], "--trainer.logger.init_args.save_dir", str(tmp_path),
                          "--trainer.max_epochs", "1", *ADAPTERS[kind]])
     metrics = json.loads(next(tmp_path.rglob("test_metrics.json")).read_text())
     assert "test/auroc" in metrics["metrics"]

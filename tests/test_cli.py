@@ -71,6 +71,7 @@ def test_fit_writes_config_checkpoint_and_test_metrics(smoke_run):
                                        "test/specificity"}
     assert 0.0 <= metrics["metrics"]["test/auroc"] <= 1.0
     assert 0 < metrics["trainable_params"] < metrics["total_params"]
+    assert metrics["total_params"] > 22_713_216  # the frozen MiniLM text tower counts, although loaded lazily
     assert metrics["checkpoint"].endswith(".ckpt") and metrics["peak_memory_mb"] > 0
 
 

@@ -2,4 +2,4 @@
 
 from usvl.cli import main
 
-main()
+raise SystemExit(main())

@@ -89,8 +89,8 @@ class AdaptedEncoderTask(pl.LightningModule):
         return class_prototypes(projected)
 
     def parameter_counts(self) -> dict[str, int]:
-        """Trainable and total parameter counts (the text tower is counted only once loaded)."""
-        total = sum(p.numel() for p in self.parameters())
+        """Trainable and total parameter counts (frozen parts outside the module tree included in the total)."""
+        total = sum(p.numel() for p in self.parameters()) + self.encoder.unregistered_parameters
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return {"trainable_params": trainable, "total_params": total}
 

@@ -17,8 +17,31 @@ from scipy import ndimage
 SPEED_OF_SOUND_MM_US = 1.54
 
 
+class PulseOptics:
+    """Resolution of a probe from its centre frequency ``f0_mhz``, ``bandwidth`` and ``f_number`` (a mixin)."""
+
+    f0_mhz: float
+    bandwidth: float
+    f_number: float
+
+    @property
+    def wavelength_mm(self) -> float:
+        """Wavelength at the centre frequency in mm."""
+        return SPEED_OF_SOUND_MM_US / self.f0_mhz
+
+    @property
+    def axial_fwhm_mm(self) -> float:
+        """Axial resolution (FWHM of the pulse envelope) in mm."""
+        return 1.3 * SPEED_OF_SOUND_MM_US / (2.0 * self.bandwidth * self.f0_mhz)
+
+    @property
+    def lateral_fwhm_mm(self) -> float:
+        """Lateral resolution at the focus in mm."""
+        return 1.1 * self.wavelength_mm * self.f_number
+
+
 @dataclass(frozen=True)
-class LinearProbe:
+class LinearProbe(PulseOptics):
     """Acquisition settings of a linear array.
 
     Attributes:
@@ -38,21 +61,6 @@ class LinearProbe:
     focus_mm: float
     f_number: float = 2.0
     bandwidth: float = 0.7
-
-    @property
-    def wavelength_mm(self) -> float:
-        """Wavelength at the centre frequency in mm."""
-        return SPEED_OF_SOUND_MM_US / self.f0_mhz
-
-    @property
-    def axial_fwhm_mm(self) -> float:
-        """Axial resolution (FWHM of the pulse envelope) in mm."""
-        return 1.3 * SPEED_OF_SOUND_MM_US / (2.0 * self.bandwidth * self.f0_mhz)
-
-    @property
-    def lateral_fwhm_mm(self) -> float:
-        """Lateral resolution at the focus in mm."""
-        return 1.1 * self.wavelength_mm * self.f_number
 
 
 @dataclass(frozen=True)
@@ -178,7 +186,7 @@ def scan_convert(beam_img: np.ndarray, grid: BeamGrid | SectorGrid, probe: Probe
 
 
 @dataclass(frozen=True)
-class ConvexProbe:
+class ConvexProbe(PulseOptics):
     """Acquisition settings of a convex (curved) array, e.g. an endocavity transrectal probe.
 
     Beams leave the probe face (an arc of radius ``radius_mm``) along the radii of its centre of curvature,
@@ -204,21 +212,6 @@ class ConvexProbe:
     focus_mm: float
     f_number: float = 2.0
     bandwidth: float = 0.7
-
-    @property
-    def wavelength_mm(self) -> float:
-        """Wavelength at the centre frequency in mm."""
-        return SPEED_OF_SOUND_MM_US / self.f0_mhz
-
-    @property
-    def axial_fwhm_mm(self) -> float:
-        """Axial resolution (FWHM of the pulse envelope) in mm."""
-        return 1.3 * SPEED_OF_SOUND_MM_US / (2.0 * self.bandwidth * self.f0_mhz)
-
-    @property
-    def lateral_fwhm_mm(self) -> float:
-        """Lateral resolution at the focus in mm."""
-        return 1.1 * self.wavelength_mm * self.f_number
 
     @property
     def half_span(self) -> float:

@@ -89,6 +89,11 @@ class VisionLanguageEncoder(nn.Module, ABC):
                 module.train(mode)
         return self
 
+    @property
+    def unregistered_parameters(self) -> int:
+        """Parameters of frozen parts held outside the module tree (e.g. a lazily loaded text tower), for counts."""
+        return 0
+
     def frozen_modules(self) -> list[nn.Module]:
         """The frozen towers, kept in eval mode during training."""
         return []

@@ -81,6 +81,10 @@ class MiniLMTextTower(nn.Module):
         return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
 
 
+MINILM_PARAMETERS = 22_713_216
+"""Parameters of all-MiniLM-L6-v2 (the frozen text tower)."""
+
+
 class LiTEffNetMiniLM(VisionLanguageEncoder):
     """Frozen EfficientNet-Lite0 (ImageNet) + frozen all-MiniLM-L6-v2, trainable projections (LiT-style).
 
@@ -175,6 +179,11 @@ class LiTEffNetMiniLM(VisionLanguageEncoder):
         if self.pooling == "avg":
             return average
         return torch.cat([average, feature_map.amax(dim=(2, 3))], dim=1)
+
+    @property
+    def unregistered_parameters(self) -> int:
+        """The MiniLM text tower (22,713,216 parameters), kept out of the state dict and loaded on first use."""
+        return MINILM_PARAMETERS
 
     def _text(self) -> MiniLMTextTower:
         if not self._text_tower:
