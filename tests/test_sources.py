@@ -254,12 +254,18 @@ def test_missing_data_says_where_to_put_it_and_where_it_is_published(source, pub
 FITS = {
     # config, fixture key, overrides
     "busi_cls": ("busi", []),
+    "busi_seg": ("busi", []),
+    "tn3k_cls": ("tn3k", []),
     "tn3k_seg": ("tn3k", []),
     "ddti_seg": ("ddti", []),
     "prostate_seg": ("prostate", []),
     "nextgen_cls": ("nextgen", []),
     "ln_int_cls": ("folder", []),
 }
+
+
+def test_every_paper_source_config_is_fitted():
+    assert set(FITS) == {p.stem for p in (REPO / "configs" / "paper").glob("*.yaml")}
 
 
 @pytest.mark.parametrize("config", list(FITS))
