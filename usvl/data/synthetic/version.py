@@ -2,5 +2,8 @@
 
 # 1.1.0 also covers the ln-int, ln-ext and prostate presets and the convex probe: they were added without changing
 # the thyroid and breast output for any seed (golden hashes in tests/test_synthetic_generator.py), so no cached
-# dataset of 1.1.0 went stale. Bump on the next change to any preset's output.
-GENERATOR_VERSION = "1.1.0"
+# dataset of 1.1.0 went stale.
+# 1.2.0: the prostate preset got a harder, more ambiguous gland boundary (capsule dropout, gland-like periprostatic
+# cuff, edge shadows, partial-volume blur, depth fade, more varied outline); thyroid, breast, ln-int and ln-ext output
+# is unchanged (golden hashes), but the cache folder name changes for every preset. Bump on the next output change.
+GENERATOR_VERSION = "1.2.0"
