@@ -16,7 +16,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageFilter
+
+from usvl.data.datamodule import UltrasoundDataModule
 
 PROBLEM_KINDS = (
     "truncated_image",  # file cut short: cannot be decoded
@@ -545,3 +548,15 @@ def write_folder(root: Path, quirks: bool = False, count: int = 16, with_splits:
 
 __all__ = ["PROBLEM_KINDS", "lesion", "write_busi", "write_ddti", "write_ddti_xml", "write_folder", "write_nextgen",
            "write_prostate", "write_tn3k"]
+
+
+class ManifestModule(UltrasoundDataModule):
+    """A data module over a ready manifest (for tests of the shared data-module machinery)."""
+
+    def __init__(self, manifest: pd.DataFrame, **kwargs):
+        super().__init__(**kwargs)
+        self._manifest = manifest
+
+    def read_manifest(self) -> pd.DataFrame:
+        """A copy of the manifest given at construction."""
+        return self._manifest.copy()

@@ -9,12 +9,13 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from layouts import ManifestModule
 from PIL import Image, ImageFilter
 
 import usvl.data.check as check
 from usvl.data.check import check_manifest
 from usvl.data.cli import data_main
-from usvl.data.datamodule import BadFilesError, UltrasoundDataModule
+from usvl.data.datamodule import BadFilesError
 
 SIZE = 48
 
@@ -171,15 +172,6 @@ def test_check_through_the_registry_on_the_release_layout(tiny_thyroid, capsys):
 
 # ---------------------------------------------------------------------------------------------------------------
 # the data module's on_bad_file policy and duplicate warning
-
-
-class ManifestModule(UltrasoundDataModule):
-    def __init__(self, manifest: pd.DataFrame, **kwargs):
-        super().__init__(**kwargs)
-        self._manifest = manifest
-
-    def read_manifest(self) -> pd.DataFrame:
-        return self._manifest.copy()
 
 
 def test_skip_drops_counts_and_reports_bad_files(tmp_path, caplog):

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from layouts import ManifestModule
 from PIL import Image
 
-from usvl.data.datamodule import UltrasoundDataModule
 from usvl.data.splits import (
     assign_splits,
     few_shot_subset,
@@ -198,15 +198,6 @@ def test_save_split_file_reuses_identical_and_refuses_conflicting(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------------------
 # the data module
-
-
-class ManifestModule(UltrasoundDataModule):
-    def __init__(self, manifest: pd.DataFrame, **kwargs):
-        super().__init__(**kwargs)
-        self._manifest = manifest
-
-    def read_manifest(self) -> pd.DataFrame:
-        return self._manifest.copy()
 
 
 def image_manifest(tmp_path, n0: int = 20, n1: int = 10) -> pd.DataFrame:

@@ -108,6 +108,34 @@ class AdaptedEncoderTask(pl.LightningModule):
             x = x.expand(-1, 3, -1, -1)
         return ((x - self.image_mean) / self.image_std).contiguous(memory_format=self.memory_format)
 
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        """Loss of a batch for ``stage`` (``train``, ``val``, ``test``), logging it and updating the stage's metrics."""
+        raise NotImplementedError
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        """Compute, log and reset the metrics of ``stage``."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """Loss on a training batch."""
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Validation loss; update the validation metrics."""
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Test loss; update the test metrics."""
+        self._shared_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        """Log validation metrics."""
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Log test metrics."""
+        self._log_epoch_metrics("test")
+
     def configure_optimizers(self) -> Any:
         """Optimise trainable parameters only; the scheduler, if any, steps every optimisation step."""
         parameters = [p for p in self.parameters() if p.requires_grad]

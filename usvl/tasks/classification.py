@@ -87,18 +87,6 @@ class ClassificationTask(AdaptedEncoderTask):
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(labels))
         return loss
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """Cross-entropy on a training batch."""
-        return self._shared_step(batch, "train")
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Update validation metrics."""
-        self._shared_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Update test metrics."""
-        self._shared_step(batch, "test")
-
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Class probabilities and predicted class per image, with the image names."""
         probabilities = self.predict_probabilities(batch["image"])
@@ -113,11 +101,3 @@ class ClassificationTask(AdaptedEncoderTask):
     def on_train_epoch_end(self) -> None:
         """Log training metrics."""
         self._log_epoch_metrics("train")
-
-    def on_validation_epoch_end(self) -> None:
-        """Log validation metrics."""
-        self._log_epoch_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        """Log test metrics."""
-        self._log_epoch_metrics("test")

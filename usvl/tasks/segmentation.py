@@ -139,18 +139,6 @@ class SegmentationTask(AdaptedEncoderTask):
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(masks))
         return loss
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """Segmentation loss on a training batch."""
-        return self._shared_step(batch, "train")
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Validation loss; update validation metrics."""
-        self._shared_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Test loss; update test metrics."""
-        self._shared_step(batch, "test")
-
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Image names and predicted masks (``uint8`` 0/1, ``[B, 1, H, W]`` at the image size)."""
         logits = self(batch["image"])
@@ -166,14 +154,6 @@ class SegmentationTask(AdaptedEncoderTask):
         self.log(f"{stage}/dice", float(values.pop("dice")), prog_bar=True)
         self.log_dict({f"{stage}/{key}": float(value) for key, value in values.items()})
         metrics.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        """Log validation metrics."""
-        self._log_epoch_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        """Log test metrics."""
-        self._log_epoch_metrics("test")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Also record the lesion classes the text vector was built from."""

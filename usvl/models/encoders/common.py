@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from usvl.models.encoders.weights import MissingWeightsError
 
 
 def identity_linear(width: int) -> nn.Linear:
@@ -83,3 +86,28 @@ def pointwise_convolutions(module: nn.Module, prefix: str = "") -> list[str]:
         for name, child in module.named_modules()
         if isinstance(child, nn.Conv2d) and child.kernel_size == (1, 1) and child.groups == 1
     ]
+
+
+def load_hf_pretrained(name: str, cache_dir: str | None) -> tuple[nn.Module, object, str]:
+    """A transformers model and its tokenizer from a local folder, the cache, or the hub.
+
+    Returns:
+        The model, the tokenizer, and the source they were loaded from (the folder path or the hub id).
+
+    Raises:
+        MissingWeightsError: Neither a local folder nor cached files exist and the hub is unreachable.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    local = Path(name).expanduser()
+    source = str(local) if local.is_dir() else name
+    try:
+        model = AutoModel.from_pretrained(source, cache_dir=cache_dir, local_files_only=local.is_dir())
+        tokenizer = AutoTokenizer.from_pretrained(source, cache_dir=cache_dir, local_files_only=local.is_dir())
+    except OSError as error:
+        raise MissingWeightsError(
+            f"Cannot load Hugging Face model '{name}': {error}. It is not a local folder, not in the cache "
+            f"({cache_dir or '~/.cache/huggingface'}), and the hub is unreachable. On a connected machine run "
+            f"`huggingface-cli download {name}` and copy the cache here, or pass the model's local folder."
+        ) from error
+    return model, tokenizer, source

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
 
 from usvl.models.encoders.base import ImageFeatures, VisionLanguageEncoder
-from usvl.models.encoders.common import capture_outputs, identity_linear, tokens_to_map
+from usvl.models.encoders.common import capture_outputs, identity_linear, load_hf_pretrained, tokens_to_map
 from usvl.models.encoders.registry import register_encoder_family
-from usvl.models.encoders.weights import MissingWeightsError
 
 DEFAULT_STATS = {
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
@@ -31,28 +29,6 @@ def _pooled(output) -> torch.Tensor:
     """``get_*_features`` returns a tensor (transformers 4) or an output whose ``pooler_output`` it is (5)."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
-
-
-def load_hf_model(model: str, cache_dir: str | None):
-    """Load a CLIP/SigLIP model and its tokenizer from a folder, the cache, or the hub.
-
-    Raises:
-        MissingWeightsError: Neither a local folder nor cached files exist and the hub cannot be reached.
-    """
-    from transformers import AutoModel, AutoTokenizer
-
-    local = Path(model).expanduser()
-    source = str(local) if local.is_dir() else model
-    try:
-        network = AutoModel.from_pretrained(source, cache_dir=cache_dir, local_files_only=local.is_dir())
-        tokenizer = AutoTokenizer.from_pretrained(source, cache_dir=cache_dir, local_files_only=local.is_dir())
-    except OSError as error:
-        raise MissingWeightsError(
-            f"Cannot load Hugging Face model '{model}': {error}. It is not a local folder, not in the cache "
-            f"({cache_dir or '~/.cache/huggingface'}), and the hub is unreachable. On a connected machine run "
-            f"`huggingface-cli download {model}` and copy the cache here, or pass the model's local folder."
-        ) from error
-    return network, tokenizer, source
 
 
 class HFCLIPEncoder(VisionLanguageEncoder):
@@ -74,7 +50,7 @@ class HFCLIPEncoder(VisionLanguageEncoder):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
-        self.model, self.tokenizer, source = load_hf_model(model, cache_dir)
+        self.model, self.tokenizer, source = load_hf_pretrained(model, cache_dir)
         vision = self.model.vision_model
         self.width = vision.config.hidden_size
         embeddings = vision.embeddings

@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from usvl.models.encoders.base import ImageFeatures, VisionLanguageEncoder
-from usvl.models.encoders.common import capture_outputs, match_targets, pointwise_convolutions, tokens_to_map
+from usvl.models.encoders.common import (
+    capture_outputs,
+    load_hf_pretrained,
+    match_targets,
+    pointwise_convolutions,
+    tokens_to_map,
+)
 from usvl.models.encoders.registry import register_encoder_family
 from usvl.models.encoders.weights import MissingWeightsError
 
@@ -41,27 +47,6 @@ def create_timm_tower(name: str, pretrained: bool, weights: str | None) -> nn.Mo
             f"machine run `python -c \"import timm; timm.create_model('{name}', pretrained=True)\"` and copy the "
             "Hugging Face cache here."
         ) from error
-
-
-def load_text_tower(name: str, cache_dir: str | None):
-    """A Hugging Face text encoder and tokenizer from a local folder, the cache, or the hub.
-
-    Raises:
-        MissingWeightsError: Neither a local folder nor cached files exist and the hub is unreachable.
-    """
-    from transformers import AutoModel, AutoTokenizer
-
-    local = Path(name).expanduser()
-    source = str(local) if local.is_dir() else name
-    try:
-        model = AutoModel.from_pretrained(source, cache_dir=cache_dir, local_files_only=local.is_dir())
-        tokenizer = AutoTokenizer.from_pretrained(source, cache_dir=cache_dir, local_files_only=local.is_dir())
-    except OSError as error:
-        raise MissingWeightsError(
-            f"Cannot load Hugging Face text model '{name}': {error}. Pass its local folder, or on a connected "
-            f"machine run `huggingface-cli download {name}` and copy the cache here."
-        ) from error
-    return model, tokenizer
 
 
 class TimmHFEncoder(VisionLanguageEncoder):
@@ -91,7 +76,7 @@ class TimmHFEncoder(VisionLanguageEncoder):
     ) -> None:
         super().__init__()
         self.image_tower = create_timm_tower(image_model, image_pretrained, image_weights)
-        self.text_tower, self.tokenizer = load_text_tower(text_model, cache_dir)
+        self.text_tower, self.tokenizer, _ = load_hf_pretrained(text_model, cache_dir)
         self.feature_info = list(self.image_tower.feature_info)
         self.feature_taps = tuple(feature_taps)
         self.feature_dims = [int(self.feature_info[i]["num_chs"]) for i in self.feature_taps]
