@@ -28,8 +28,9 @@ test: $(BIN)/usvl ## Run the fast test suite (offline, CPU)
 test-full: $(BIN)/usvl ## Run every test, slow ones included
 	$(BIN)/python -m pytest -q -m "not gpu"
 
-lint: $(BIN)/usvl ## Check style with ruff
+lint: $(BIN)/usvl ## Check style with ruff and the import-layer contracts (.importlinter) with lint-imports
 	$(BIN)/ruff check usvl tests benchmarks
+	$(BIN)/lint-imports
 
 format: $(BIN)/usvl ## Format the code with ruff
 	$(BIN)/ruff format usvl tests benchmarks

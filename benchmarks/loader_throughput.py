@@ -33,10 +33,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from usvl.data.dataset import UltrasoundDataset
+from usvl.data.decode import DECODER_VERSION
 from usvl.data.sources.nextgen import read_nextgen_manifest
 from usvl.data.sources.synthetic import ensure_synthetic
 from usvl.data.synthetic import PRESETS
-from usvl.data.transforms import DECODER_VERSION
 from usvl.utils.threads import available_cores, configure_threads
 
 RESULTS = Path(__file__).resolve().parent / "results" / "loader_throughput.json"

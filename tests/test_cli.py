@@ -1,18 +1,17 @@
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from shipped_configs import DATASETS, EXPERIMENTS, REPO, smoke
 
 from usvl.cli import main, run_lightning
 from usvl.models.encoders.weights import EFFICIENTNET_LITE0, MINILM_L6_V2
 
-REPO = Path(__file__).resolve().parents[1]
-# Full configs; configs/paper/models holds model sections, tested with a full config in test_paper_configs.py.
-SHIPPED_CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "text" not in p.parts
-                         and "models" not in p.parts)
-SMOKE = str(REPO / "configs" / "smoke" / "thyroid_cls.yaml")
+# Full configs: the experiments and the dataset configs; fragments and model sections are composed with them here
+# and in test_paper_configs.py.
+SHIPPED_CONFIGS = EXPERIMENTS + DATASETS
+SMOKE = smoke("thyroid_cls")
 
 
 @pytest.mark.parametrize("config", SHIPPED_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
@@ -41,10 +40,10 @@ def test_every_shipped_config_instantiates(config):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, usvl_cache):
     root = tmp_path_factory.mktemp("runs")
-    args = ["fit", "--config", SMOKE, "--trainer.logger.init_args.save_dir", str(root)]
+    args = ["fit", *SMOKE, "--trainer.logger.init_args.save_dir", str(root)]
     first = run_lightning(args)
     run_lightning(args)
-    return root / "smoke_thyroid_cls", first.model
+    return root / "thyroid_cls", first.model
 
 
 def test_fit_keeps_frozen_batchnorm_statistics(smoke_run):
@@ -92,7 +91,7 @@ def test_checkpoint_holds_trainable_weights_only(smoke_run):
 
 def test_test_and_predict_from_checkpoint(smoke_run, tmp_path):
     checkpoint_path = str(next((smoke_run[0] / "version_0" / "checkpoints").glob("*.ckpt")))
-    common = ["--config", SMOKE, "--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path",
+    common = [*SMOKE, "--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path",
               checkpoint_path]
     run_lightning(["test", *common])
     written = list(tmp_path.rglob("test_metrics.json"))

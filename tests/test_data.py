@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 from usvl.data import BatchAugment, DatasetNotFoundError, NextGenDataModule, SyntheticDataModule
+from usvl.data.decode import load_image, load_mask
 from usvl.data.sources.nextgen import read_nextgen_manifest
-from usvl.data.transforms import load_image, load_mask
 
 
 def test_synthetic_module_knows_its_classes_before_generating():

@@ -58,3 +58,33 @@ def test_checksum_mismatch_is_an_error():
                             "0" * 64, "EfficientNet test copy")
     with pytest.raises(WeightsChecksumError, match="expected 0000"):
         wrong.resolve()
+
+
+def test_stage_taps_are_the_adapted_stage_outputs_of_a_manual_forward():
+    from usvl.models.adapters import MonaAdapter
+
+    torch.manual_seed(0)
+    encoder = LiTEffNetMiniLM(embed_dim=16, feature_taps=(1, 4, 6), pooling="avgmax", pretrained=False)
+    MonaAdapter(bottleneck=8, zero_init=False, points=[1, 4]).apply(encoder)
+    encoder.eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        features = encoder.encode_image(images)
+        tower = encoder.image_tower
+        x = tower.bn1(tower.conv_stem(images))
+        maps = []
+        for index, stage in enumerate(tower.blocks):
+            x = stage(x)
+            if index in (1, 4, 6):
+                maps.append(x)
+        head = tower.bn2(tower.conv_head(x))
+    for tapped, manual in zip(features.maps, maps, strict=True):
+        assert torch.equal(tapped, manual)
+    pooled = torch.cat([torch.cat([m.mean(dim=(2, 3)), m.amax(dim=(2, 3))], dim=1) for m in (head, *maps)], dim=1)
+    assert torch.equal(features.pooled, pooled)
+    assert torch.equal(features.global_embedding, encoder.image_projection(pooled))
+
+
+def test_feature_taps_outside_the_stages_are_rejected():
+    with pytest.raises(ValueError, match=r"feature_taps \[7\] must lie in \[0, 7\)"):
+        LiTEffNetMiniLM(feature_taps=(7,), pretrained=False)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from usvl.data.dataset import UltrasoundDataset
-from usvl.data.transforms import (
+from usvl.data.decode import (
     binarise_mask,
     check_mask_size,
     decode_image,

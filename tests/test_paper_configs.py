@@ -4,17 +4,16 @@ The hub or local weights of BiomedCLIP, CLIP, MetaCLIP and UniMed-CLIP are not a
 swapped for the random tiny ViT-CLIP; everything else (adapter, head, loss, optimiser, scheduler) is the shipped one.
 """
 
-from pathlib import Path
+import re
 
 import pytest
 import torch
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule
+from shipped_configs import CONFIGS, MODEL_SECTIONS, REPO
 
 from usvl.cli import USVLCLI
 
-REPO = Path(__file__).resolve().parents[1]
-MODEL_SECTIONS = sorted((REPO / "configs" / "paper" / "models").glob("*.yaml"))
 FULL_CONFIG = {"seg": REPO / "configs" / "breast_seg.yaml", "cls": REPO / "configs" / "thyroid_cls.yaml"}
 TINY_ENCODER = ["--model.init_args.encoder", "usvl.models.encoders.TinyViTCLIP",
                 "--model.init_args.encoder.init_args.feature_taps", "[1, 2, 3]"]
@@ -24,17 +23,46 @@ def test_the_grid_is_complete():
     names = {path.stem for path in MODEL_SECTIONS}
     expected = {f"{model}_{adapter}_{task}" for model in ("biomedclip", "clip", "metaclip", "unimedclip")
                 for adapter in ("mona", "lora") for task in ("seg", "cls")}
-    assert names == expected
+    assert names == expected | {"embedded_mona_cls", "embedded_mona_seg"}
+
+
+@pytest.mark.parametrize("section", [p for p in MODEL_SECTIONS if p.stem.endswith("_seg")], ids=lambda p: p.stem)
+def test_segmentation_adapters_sit_only_where_a_gradient_reaches(section):
+    """Adapters after the last tapped block get no gradient (and fail DDP): a ViT-B section adapts blocks 0-9 only."""
+    shipped = yaml.safe_load(section.read_text())["init_args"]
+    encoder = yaml.safe_load((section.parent / shipped["encoder"]).read_text())["init_args"]
+    adapter = yaml.safe_load((section.parent / shipped["adapter"]).read_text())["init_args"]
+    if encoder.get("feature_taps") != [3, 6, 9]:
+        return
+    if "points" in adapter:
+        assert adapter["points"] == list(range(10))
+    else:
+        blocks = {"trunk": "model.visual.trunk.blocks.{}.attn.qkv",
+                  "transformer": "model.visual.transformer.resblocks.{}.attn"}
+        template = blocks["trunk" if "trunk" in adapter["target_modules"] else "transformer"]
+        adapted = [i for i in range(12) if re.fullmatch(adapter["target_modules"], template.format(i))]
+        assert adapted == list(range(10))
 
 
 @pytest.mark.parametrize("section", MODEL_SECTIONS, ids=lambda p: p.stem)
 def test_model_section_instantiates_with_the_tiny_encoder(section):
     model, adapter, task = section.stem.split("_")
     shipped = yaml.safe_load(section.read_text())["init_args"]
-    assert shipped["encoder"]["class_path"] == "usvl.models.encoders.OpenCLIPEncoder"
-    assert shipped["encoder"]["init_args"]["feature_taps"] == [3, 6, 9]
+    encoder = yaml.safe_load((section.parent / shipped["encoder"]).read_text())
+    assert (section.parent / shipped["encoder"]).resolve().parent == CONFIGS / "encoders"
+    swap = []
+    if model != "embedded":
+        assert encoder["class_path"] == "usvl.models.encoders.OpenCLIPEncoder"
+        assert encoder["init_args"]["feature_taps"] == [3, 6, 9]
+        # the tiny ViT has 4 blocks: Mona on all of them (the shipped ViT-B points are checked above); the LoRA
+        # patterns of blocks 0-9 match its blocks (BiomedCLIP's timm-trunk pattern: the open_clip-native one)
+        swap = [*TINY_ENCODER, *(["--model.init_args.adapter.init_args.points", "[0, 1, 2, 3]"] if adapter == "mona"
+                                 else [])]
+        if (model, adapter, task) == ("biomedclip", "lora", "seg"):
+            swap += ["--model.init_args.adapter.init_args.target_modules",
+                     r"model\.visual\.transformer\.resblocks\.[0-9]\.attn"]
     cli = USVLCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
-                  args=["--config", str(FULL_CONFIG[task]), "--model", str(section), *TINY_ENCODER,
+                  args=["--config", str(FULL_CONFIG[task]), "--model", str(section), *swap,
                         "--data.init_args.image_size", "64", "--trainer.logger", "false"])
     task_module = cli.model
     assert type(task_module).__name__ == {"seg": "SegmentationTask", "cls": "ClassificationTask"}[task]
@@ -61,7 +89,7 @@ def test_model_section_instantiates_with_the_tiny_encoder(section):
 def test_unimed_clip_architecture_is_a_registered_open_clip_config():
     from usvl.models.encoders.openclip import register_model_config
 
-    name = register_model_config(str(REPO / "configs" / "paper" / "models" / "unimed-clip-vit-b16.json"))
+    name = register_model_config(str(CONFIGS / "encoders" / "unimed-clip-vit-b16.json"))
     import open_clip
 
     config = open_clip.get_model_config(name)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from usvl.segmentation_metrics import CASE_NAMES, SegmentationMetrics, asd, dice, hd95, iou, segmentation_scores
+from usvl.metrics import CASE_NAMES, SegmentationMetrics, asd, dice, hd95, iou, segmentation_scores
 
 
 def square(top, left, size=4, shape=(12, 12)):

@@ -4,15 +4,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from shipped_configs import smoke
 
 from usvl.cli import run_lightning
-from usvl.losses import DiceCELoss
 from usvl.models.encoders.base import ImageFeatures
 from usvl.models.encoders.weights import EFFICIENTNET_LITE0, MINILM_L6_V2
 from usvl.models.heads import FiLM, MultiScaleSegmentationHead
+from usvl.tasks.losses import DiceCELoss
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE = str(REPO / "configs" / "smoke" / "breast_seg.yaml")
+SMOKE = smoke("breast_seg")
 EMBEDDED_DIMS = [24, 40, 112, 320]
 
 
@@ -137,7 +138,7 @@ def test_task_trains_only_what_the_head_uses(embedded_encoder_factory):
     from usvl.models.heads import MultiScaleSegmentationHead as Head
 
     no_text = type(task)(encoder=embedded_encoder_factory(), num_classes=3,
-                         head=lambda dims, dim: Head(dims, dim, text_conditioning="none"))
+                         head=lambda dims, dim, outputs: Head(dims, dim, outputs, text_conditioning="none"))
     assert not any(p.requires_grad for n, p in no_text.named_parameters() if "_projection" in n)
     assert no_text(torch.zeros(1, 1, 64, 64, dtype=torch.uint8)).shape == (1, 1, 64, 64)
     with pytest.raises(ValueError, match="lesion_classes"):
@@ -147,8 +148,8 @@ def test_task_trains_only_what_the_head_uses(embedded_encoder_factory):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, usvl_cache):
     root = tmp_path_factory.mktemp("runs")
-    cli = run_lightning(["fit", "--config", SMOKE, "--trainer.logger.init_args.save_dir", str(root)])
-    return root / "smoke_breast_seg" / "version_0", cli.model
+    cli = run_lightning(["fit", *SMOKE, "--trainer.logger.init_args.save_dir", str(root)])
+    return root / "breast_seg" / "version_0", cli.model
 
 
 def test_fit_writes_segmentation_test_metrics(smoke_run):
@@ -184,7 +185,7 @@ def test_checkpoint_holds_trainable_weights_only(smoke_run):
 def test_test_from_checkpoint_reproduces_the_fit_metrics(smoke_run, tmp_path):
     run, _ = smoke_run
     checkpoint_path = str(next((run / "checkpoints").glob("*.ckpt")))
-    run_lightning(["test", "--config", SMOKE, "--trainer.logger.init_args.save_dir", str(tmp_path),
+    run_lightning(["test", *SMOKE, "--trainer.logger.init_args.save_dir", str(tmp_path),
                    "--ckpt_path", checkpoint_path])
     standalone = json.loads(next(tmp_path.rglob("test_metrics.json")).read_text())["metrics"]
     after_fit = json.loads((run / "test_metrics.json").read_text())["metrics"]
@@ -195,7 +196,7 @@ def test_test_from_checkpoint_reproduces_the_fit_metrics(smoke_run, tmp_path):
 def test_predict_writes_one_mask_png_per_image_without_overwriting(smoke_run, tmp_path):
     run, _ = smoke_run
     checkpoint_path = str(next((run / "checkpoints").glob("*.ckpt")))
-    args = ["predict", "--config", SMOKE, "--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path",
+    args = ["predict", *SMOKE, "--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path",
             checkpoint_path]
     run_lightning(args)
     run_lightning(args)

@@ -116,10 +116,10 @@ def test_busi_classes_merged_masks_and_quirks(quirky, usvl_cache):
     ("RGBA", [[[0, 0, 0, 255], [255, 255, 255, 255]]]), ("RGBA", [[[0, 0, 0, 0], [0, 0, 0, 255]]]),
 ])
 def test_merged_masks_binarise_like_the_loader(mode, pixels, tmp_path):
-    from usvl.data.sources.nextgen import binary_mask
+    from usvl.data.decode import read_binary_mask
 
     Image.fromarray(np.array(pixels, dtype=np.uint8), mode).save(tmp_path / "m.png")
-    assert binary_mask(tmp_path / "m.png").tolist() == [[False, True]]
+    assert read_binary_mask(tmp_path / "m.png").tolist() == [[False, True]]
 
 
 def test_tn3k_folds_labels_and_test_split(quirky, tmp_path):
@@ -223,8 +223,8 @@ def test_folder_labels_csv_and_csv_manifest(quirky, tmp_path):
     csv_file.write_text("image,split\na.png,train\nb.png,holdout\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"manifest\.csv:3"):
         read_folder_manifest(csv_file)
-    (tmp_path / "nolabels.csv").write_text("path\nx.png\n")
-    with pytest.raises(ValueError, match=r"nolabels\.csv:1"):
+    (tmp_path / "nolabels.csv").write_text("picture\nx.png\n")
+    with pytest.raises(ValueError, match=r"nolabels\.csv:1: .*no image column"):
         read_folder_manifest(tmp_path / "nolabels.csv")
 
 
@@ -265,14 +265,14 @@ FITS = {
 
 
 def test_every_paper_source_config_is_fitted():
-    assert set(FITS) == {p.stem for p in (REPO / "configs" / "paper").glob("*.yaml")}
+    assert set(FITS) == {p.stem for p in (REPO / "configs" / "datasets").glob("*.yaml")}
 
 
 @pytest.mark.parametrize("config", list(FITS))
 def test_paper_config_fits_on_the_miniature_layout(config, clean, tmp_path):
     from usvl.cli import run_lightning
 
-    path = REPO / "configs" / "paper" / f"{config}.yaml"
+    path = REPO / "configs" / "datasets" / f"{config}.yaml"
     key, overrides = FITS[config]
     # `--data.root` as a user types it (the long form is --data.init_args.root)
     cli = run_lightning(["fit", "--config", str(path), "--data.root", str(clean[key]),
@@ -284,14 +284,14 @@ def test_paper_config_fits_on_the_miniature_layout(config, clean, tmp_path):
     assert set(cli.datamodule.manifest["split"]) == {"train", "val", "test"}
 
 
-@pytest.mark.parametrize("config", sorted(p.stem for p in (REPO / "configs" / "paper").glob("*.yaml")))
+@pytest.mark.parametrize("config", sorted(p.stem for p in (REPO / "configs" / "datasets").glob("*.yaml")))
 def test_paper_config_without_its_data_names_where_to_put_it(config, monkeypatch, tmp_path):
     import importlib
 
     import yaml
 
     monkeypatch.chdir(tmp_path)  # the configs' placeholder roots (data/...) are relative
-    data = yaml.safe_load((REPO / "configs" / "paper" / f"{config}.yaml").read_text())["data"]
+    data = yaml.safe_load((REPO / "configs" / "datasets" / f"{config}.yaml").read_text())["data"]
     module, _, name = data["class_path"].rpartition(".")
     init = {k: v for k, v in data["init_args"].items() if k != "augment"}
     assert init["root"].startswith("data/")

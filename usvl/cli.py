@@ -6,6 +6,7 @@ import logging
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +21,61 @@ import usvl.models.encoders
 import usvl.models.heads
 import usvl.tasks
 import usvl.text  # noqa: F401  (short class names in configs)
+from usvl.callbacks import EpochSummary
 from usvl.utils.report import format_metrics_table, peak_memory_mb, to_builtin, write_json_unique
 from usvl.utils.threads import configure_threads
 
 log = logging.getLogger("usvl")
+
+DESCRIPTION = (
+    "usvl: adapt frozen vision-language models to ultrasound classification and segmentation. "
+    "Training and evaluation: usvl fit | validate | test | predict --config CONFIG.yaml (Lightning subcommands, "
+    "below). Datasets: usvl data generate | check ... (usvl data --help)."
+)
+"""Help text of the top-level ``usvl`` parser: the Lightning subcommands and ``usvl data``."""
+
+
+def console_trainer_kwargs(trainer_config: Mapping[str, Any], stream: Any = None) -> dict[str, Any]:
+    """Trainer arguments for the console: with no terminal, no progress bar and one summary line per epoch.
+
+    The progress bar is shown when ``stream`` (default: standard error, where it is drawn) is a terminal and the
+    config does not turn it off. Otherwise the bar is disabled and :class:`~usvl.callbacks.EpochSummary` is added
+    to the configured callbacks (unless one is there already), so redirected output still shows progress.
+
+    Args:
+        trainer_config: The instantiated ``trainer`` section of the config.
+        stream: The progress bar's stream.
+
+    Returns:
+        Arguments that override the trainer config (empty when the bar is shown).
+    """
+    stream = sys.stderr if stream is None else stream
+    if trainer_config.get("enable_progress_bar", True) is not False and stream.isatty():
+        return {}
+    callbacks = trainer_config.get("callbacks") or []
+    callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
+    if not any(isinstance(callback, EpochSummary) for callback in callbacks):
+        callbacks.append(EpochSummary())
+    return {"enable_progress_bar": False, "callbacks": callbacks}
 
 
 class USVLCLI(LightningCLI):
     """LightningCLI with data -> model links and a test of the best checkpoint after ``fit``."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Link the data module's classes to the model."""
+        """Link the data module's classes to the model; the text-embedding cache as its own ``text`` section.
+
+        ``text.descriptions`` names the class descriptions (``configs/text/``); the callback is added to the
+        trainer's callbacks, so configs set the descriptions with one key and share the rest of the callback list.
+        """
+        parser.add_lightning_class_args(usvl.text.TextEmbeddingCache, "text")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """Build the trainer; without a terminal, with one summary line per epoch instead of a progress bar."""
+        config = self._get(self.config_init, "trainer", default={}) or {}
+        return super().instantiate_trainer(**{**console_trainer_kwargs(config), **kwargs})
 
     def before_fit(self) -> None:
         """Remember when training started."""
@@ -50,6 +93,19 @@ class USVLCLI(LightningCLI):
         extra = {"checkpoint": best or None, "fit_seconds": round(fit_seconds, 1),
                  "best_val_score": to_builtin(getattr(checkpoint, "best_model_score", None))}
         self._report(results, extra)
+
+    def before_test(self) -> None:
+        """Take the class names stored in the checkpoint, so a test set's labels map to the classes trained on."""
+        ckpt_path = self.config_init.get(self.subcommand, {}).get("ckpt_path")
+        if not ckpt_path or not Path(str(ckpt_path)).is_file():
+            return
+        import torch
+
+        stored = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("usvl", {}).get("class_names")
+        if stored and hasattr(self.datamodule, "use_class_names"):
+            self.datamodule.use_class_names(stored, f"checkpoint {ckpt_path}")
+            if list(getattr(self.model, "class_names", stored)) != list(stored):
+                self.model.set_classes(len(stored), stored)
 
     def after_test(self) -> None:
         """Write ``test_metrics.json`` for a standalone ``usvl test``."""
@@ -86,7 +142,7 @@ def run_lightning(args: ArgsType = None) -> USVLCLI:
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"version": usvl.__version__},
+        parser_kwargs={"version": usvl.__version__, "description": DESCRIPTION},
         args=args,
     )
 

@@ -16,6 +16,8 @@ kind                         severity meaning
 ``mask-loads-empty``         error    the mask file is not empty, but usvl's mask decoder makes it empty
 ``unknown-label``            error    classification: label outside ``0..len(class_names)-1``
                                       (segmentation: a warning, when other images have labels)
+``no-labels``                error    classification: no image has a label (one problem, no names)
+``skipped-file``             warning  the reader skipped a file (symlink loop, broken symlink)
 ``mask-size-differs``        warning  mask and image sizes differ but share the aspect ratio (e.g. a
                                       half-resolution mask): resized together
 ``mask-encoding``            warning  grey levels in the mask (anti-aliasing, JPEG artefacts; binarised
@@ -37,9 +39,13 @@ kind                         severity meaning
 For a classification check the mask problems (``size-mismatch``, ``mask-loads-empty``, and ``missing-file`` or
 ``unreadable`` for a mask) are warnings, since classification does not load masks.
 
+``no-labels`` (error, classification) replaces the per-image ``unknown-label`` errors when no image has a label
+at all (e.g. DDTI's processed release): the source has no class labels, so check it with ``--task segmentation``.
+``skipped-file`` (warning) lists files the reader skipped (a symbolic link that loops or points nowhere).
+
 Errors are what would break or silently corrupt training: the data module refuses these images (or leaves them out
-with ``on_bad_file="skip"``). Warnings are worth a look, but a run can go on. Decoding follows
-``usvl.data.transforms`` (the masks are decoded by its own decoder), so the checker and training agree.
+with ``on_bad_file="skip"``). Warnings are worth a look, but a run can go on. Images and masks are decoded by
+:mod:`usvl.data.decode`, the loader's own decoder, so the checker and training agree.
 Empty masks are counted in the statistics, not reported as problems (BUSI's normal images have empty masks).
 
 Tests and scripts can ask ``report.names("unreadable")`` for the file names under one problem kind.
@@ -48,8 +54,6 @@ Tests and scripts can ask ``report.names("unreadable")`` for the file names unde
 from __future__ import annotations
 
 import json
-import math
-import os
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -61,17 +65,18 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from usvl.data.duplicates import (
-    DEFAULT_THRESHOLD,
-    HIGH_BIT_DEPTH_MODES,
-    Fingerprint,
-    duplicate_groups,
-    fingerprint_array,
-    hamming,
-    to_grey,
+from usvl.data.decode import (
+    check_mask_size,
+    decode_mask,
+    default_threads,
+    grey_array,
+    is_high_bit_depth,
+    mask_values,
+    open_image,
 )
-from usvl.data.splits import SPLITS, normalise_manifest
-from usvl.data.transforms import check_mask_size, decode_mask
+from usvl.data.duplicates import DEFAULT_THRESHOLD, Fingerprint, duplicate_groups, fingerprint_array, hamming
+from usvl.data.manifest import SPLITS, cell_paths, derive_class_names, normalise_manifest, skipped_files
+from usvl.data.sources.registry import read_source, source_options
 
 Severity = Literal["error", "warning"]
 
@@ -83,6 +88,8 @@ SEVERITY: dict[str, Severity] = {
     "size-mismatch": "error",
     "mask-loads-empty": "error",
     "unknown-label": "error",
+    "no-labels": "error",
+    "skipped-file": "warning",
     "mask-encoding": "warning",
     "mask-size-differs": "warning",
     "mask-full": "warning",
@@ -126,7 +133,8 @@ class Problem:
 
     def format(self) -> str:
         """One line: severity, kind, names, detail."""
-        return f"{self.severity.upper():<8} {self.kind:<26} {', '.join(self.names)}: {self.detail}"
+        names = f"{', '.join(self.names)}: " if self.names else ""
+        return f"{self.severity.upper():<8} {self.kind:<26} {names}{self.detail}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -265,18 +273,6 @@ class _FileInfo:
     colour: str | None = None
 
 
-_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
-
-
-def _oriented_size(image: Image.Image) -> tuple[int, int]:
-    """Size after the EXIF orientation usvl's loader applies."""
-    try:
-        orientation = image.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - broken EXIF: the loader ignores it too
-        orientation = 1
-    return (image.height, image.width) if orientation in _SWAPPING_ORIENTATIONS else image.size
-
-
 def _colour_note(image: Image.Image) -> str | None:
     """Why an image's colour or alpha channels matter, or None (grey, or RGB with equal channels)."""
     if image.mode in ("1", "L", "I", "F") or image.mode.startswith("I;"):
@@ -299,19 +295,6 @@ def _colour_note(image: Image.Image) -> str | None:
     return f"image mode {image.mode}: " + "; ".join(notes) if notes else None
 
 
-def _raw_mask_values(image: Image.Image) -> np.ndarray:
-    """Per-pixel mask value before binarisation: the maximum over colour channels (alpha ignored)."""
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    array = np.asarray(image)
-    if array.dtype == bool:
-        return array.astype(np.uint8)
-    if array.ndim == 3:
-        colour = array[..., :-1] if image.mode in ("LA", "La", "PA", "RGBA", "RGBa") else array
-        return colour.max(axis=-1)
-    return array
-
-
 def _value_set(values: np.ndarray) -> str:
     """Name of a mask's value set.
 
@@ -325,19 +308,25 @@ def _value_set(values: np.ndarray) -> str:
     return "{" + text + "}"
 
 
+def _describe(error: BaseException) -> str:
+    """``Type: message`` of the decoder's underlying error (the report names the file already)."""
+    cause = error.__cause__ or error
+    return f"{type(cause).__name__}: {cause}"
+
+
 def _inspect_row(image_path: str | None, mask_cell: Any) -> _FileInfo:
     info = _FileInfo()
     if image_path is None or not Path(image_path).is_file():
         info.image_missing = True
     else:
         try:
-            with Image.open(image_path) as image:
-                image.load()
-                info.size, info.mode = _oriented_size(image), image.mode
-                info.fingerprint = fingerprint_array(to_grey(image))
+            image, info.size = open_image(image_path, "image")
+            with image:
+                info.mode = image.mode
+                info.fingerprint = fingerprint_array(grey_array(image))
                 info.colour = _colour_note(image)
         except Exception as error:  # noqa: BLE001 - any decoder failure is reported, never raised
-            info.image_error = f"{type(error).__name__}: {error}"
+            info.image_error = _describe(error)
     masks = cell_paths(mask_cell)
     if not masks:
         return info
@@ -347,15 +336,15 @@ def _inspect_row(image_path: str | None, mask_cell: Any) -> _FileInfo:
     try:
         levels: list[np.ndarray] = []
         for path in masks:
-            with Image.open(path) as mask:
-                mask.load()
-                info.mask_size = info.mask_size or _oriented_size(mask)
+            mask, size = open_image(path, "mask")
+            with mask:
+                info.mask_size = info.mask_size or size
                 info.mask_mode = info.mask_mode or mask.mode
-                levels.append(_raw_mask_values(mask))
+                levels.append(mask_values(mask))
         # What training sees: usvl's own mask decoder, at (about) full resolution.
         decoded = decode_mask(masks if len(masks) > 1 else masks[0], max(info.mask_size))  # type: ignore[arg-type]
     except Exception as error:  # noqa: BLE001
-        info.mask_error = f"{type(error).__name__}: {error}"
+        info.mask_error = _describe(error)
         return info
     values = np.concatenate([v.ravel() for v in levels])
     info.mask_values = _value_set(values)
@@ -370,46 +359,10 @@ def _inspect_row(image_path: str | None, mask_cell: Any) -> _FileInfo:
     return info
 
 
-def cell_paths(cell: Any) -> list[str]:
-    """The paths in a manifest ``mask``/``image`` cell: none for None/NaN/empty, one for a path, several for a list."""
-    if cell is None:
-        return []
-    if isinstance(cell, (list, tuple)):
-        return [str(p) for p in cell if p is not None and str(p) != ""]
-    if isinstance(cell, float) and math.isnan(cell):
-        return []
-    text = str(cell)
-    return [text] if text else []
-
-
 def _summary(values: Sequence[float]) -> dict[str, float]:
     array = np.asarray(values, dtype=float)
     return {"min": float(array.min()), "median": float(np.median(array)), "mean": float(array.mean()),
             "max": float(array.max())}
-
-
-def derive_class_names(manifest: pd.DataFrame) -> list[str]:
-    """Class names in label order from a manifest's ``label``/``label_name`` (``str(label)`` when unnamed).
-
-    Classes are the labels ``0..k`` up to the first unused label: a label after a gap (e.g. a stray ``7`` next to
-    ``0`` and ``1``) is taken for an unknown label, not a class.
-    """
-    used = {int(v) for v in manifest["label"] if int(v) >= 0}
-    count = 0
-    while count in used:
-        count += 1
-    names = []
-    for label in range(count):
-        raw = manifest.loc[manifest["label"] == label, "label_name"].dropna()
-        names.append(str(raw.mode().iloc[0]) if len(raw) else str(label))
-    return names
-
-
-def default_threads() -> int:
-    """Decoding threads: ``USVL_THREADS`` or the available cores, at most 8."""
-    from usvl.utils.threads import available_cores
-
-    return max(1, min(8, int(os.environ.get("USVL_THREADS", 0)) or available_cores()))
 
 
 def check_manifest(manifest: pd.DataFrame, task: str = "classification", class_names: Sequence[str] | None = None,
@@ -431,6 +384,7 @@ def check_manifest(manifest: pd.DataFrame, task: str = "classification", class_n
     """
     if task not in ("classification", "segmentation"):
         raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
+    skipped = skipped_files(manifest)
     manifest = normalise_manifest(manifest)
     names = manifest["name"].astype(str).tolist()
     classes = list(class_names) if class_names is not None else derive_class_names(manifest)
@@ -446,6 +400,8 @@ def check_manifest(manifest: pd.DataFrame, task: str = "classification", class_n
             detail += " (labels are not used for segmentation)"
         problems.append(Problem(kind, tuple(row_names), detail, severity))
 
+    for name, reason in skipped:
+        add("skipped-file", [name], f"skipped by the reader: {reason}")
     for name, count in Counter(names).items():
         if count > 1:
             splits = manifest.loc[manifest["name"] == name, "split"].tolist()
@@ -462,7 +418,7 @@ def check_manifest(manifest: pd.DataFrame, task: str = "classification", class_n
             add("missing-file", [name], f"image {image_path} does not exist")
         elif info.image_error:
             add("unreadable", [name], f"image {image_path}: {info.image_error}")
-        elif info.mode in HIGH_BIT_DEPTH_MODES or (info.mode or "").startswith("I;"):
+        elif is_high_bit_depth(info.mode or ""):
             add("high-bit-depth", [name], f"image mode {info.mode}; scaled to 8 bit when loaded")
         if info.colour:
             add("image-encoding", [name], info.colour)
@@ -497,7 +453,11 @@ def check_manifest(manifest: pd.DataFrame, task: str = "classification", class_n
         if info.mask_area == 1.0:
             add("mask-full", [name], "the mask covers the whole image (inverted, or not this image's mask?)")
 
-    if task == "classification" or (manifest["label"] >= 0).any():
+    if task == "classification" and len(manifest) and not (manifest["label"] >= 0).any() \
+            and manifest["label_name"].isna().all():
+        add("no-labels", [], f"the source has no class labels ({len(manifest)} images, none labelled); pass "
+                             "--task segmentation to check its masks, or give it labels")
+    elif task == "classification" or (manifest["label"] >= 0).any():
         for name, label, label_name in zip(names, manifest["label"], manifest["label_name"], strict=True):
             if not 0 <= int(label) < len(classes):
                 raw = f" (label_name {label_name!r})" if label_name is not None else ""
@@ -608,8 +568,6 @@ def read_source_manifest(source: str, root: str, task: str | None = None, class_
     ``task`` and ``class_names`` are passed on when the source's reader takes them and ``options`` does not set
     them (e.g. the release layout reads the split files of its task and maps label names to classes).
     """
-    from usvl.data.sources.registry import read_source, source_options
-
     accepted = source_options(source)
     for key, value in (("task", task), ("class_names", None if class_names is None else list(class_names))):
         if value is not None and key in accepted and key not in options:

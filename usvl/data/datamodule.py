@@ -1,4 +1,4 @@
-"""UltrasoundDataModule: manifest -> splits -> datasets -> loaders, shared by every dataset source."""
+"""UltrasoundDataModule: manifest -> splits (duplicate groups = patients) -> few-shot -> datasets -> loaders."""
 
 from __future__ import annotations
 
@@ -12,21 +12,24 @@ import lightning.pytorch as pl
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from usvl.data.check import cell_paths
-from usvl.data.dataset import UltrasoundDataset
+from usvl.data.dataset import BAD_FILE_POLICIES, UltrasoundDataset
+from usvl.data.decode import default_threads
 from usvl.data.duplicates import (
+    DEFAULT_THRESHOLD,
     GROUP_COLUMNS,
     Fingerprint,
     cross_split_duplicates,
     duplicate_groups,
     fingerprint_array,
+    fingerprint_files,
     groups_frame,
+    merge_duplicate_patients,
 )
+from usvl.data.manifest import REQUIRED_COLUMNS, SPLITS, cell_paths, normalise_manifest, skipped_files
 from usvl.data.splits import (
     assign_splits,
     check_fractions,
     few_shot_subset,
-    normalise_manifest,
     read_split_file,
     save_split_file,
     write_split_file,
@@ -35,10 +38,8 @@ from usvl.data.transforms import BatchAugment
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-MANIFEST_COLUMNS = ("name", "image", "mask", "label", "split", "patient")
-REQUIRED_COLUMNS = ("name", "image")
-BAD_FILE_POLICIES = ("error", "skip")
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+"""The splits each Lightning stage uses (``predict`` uses ``predict_split``; no stage: all)."""
 
 
 class BadFilesError(ValueError):
@@ -48,12 +49,18 @@ class BadFilesError(ValueError):
 class UltrasoundDataModule(pl.LightningDataModule):
     """Base data module; subclasses implement :meth:`read_manifest` for one on-disk layout.
 
-    :meth:`setup` runs, once: read the manifest -> validate it (files exist, labels in range, masks present for
-    segmentation; ``on_bad_file`` decides) -> assign the missing splits (grouped by patient, stratified by label,
-    official splits kept; see :mod:`usvl.data.splits`) or apply ``split_file`` -> take the ``few_shot`` subset of
-    the training split -> build the datasets of the stage -> warn about duplicate images across splits.
+    :meth:`setup` runs, once: read the manifest (see :mod:`usvl.data.manifest`) -> validate it (files exist,
+    labels in range, masks present for segmentation; ``on_bad_file`` decides) -> assign the missing splits (grouped
+    by patient, each duplicate image group counting as one patient, stratified by label, official splits kept; see
+    :mod:`usvl.data.splits`) or apply ``split_file`` -> take the ``few_shot`` subset of the training split -> build
+    the datasets of the stage -> warn about duplicate images across splits (possible only with given splits).
     The splits used are written as ``splits.csv`` into the trainer's log folder (when a logger is attached) and to
-    ``split_file`` (when given and absent), never overwriting a different file.
+    ``split_file`` (when given and absent), never overwriting a different file; the duplicate groups merged into
+    patients as ``duplicate_groups.csv`` beside it.
+
+    Only the splits a stage uses must be non-empty: ``usvl test`` runs on a dataset that holds only test images
+    (an external test set). A dataset without any split (and no ``split_file``) is split as for ``fit`` unless
+    ``eval_unsplit="all"``: then ``test``, ``validate`` and ``predict`` evaluate every image.
 
     Args:
         task: ``classification`` (labels) or ``segmentation`` (masks).
@@ -77,6 +84,13 @@ class UltrasoundDataModule(pl.LightningDataModule):
             (classification) or an undecodable file raises, naming the files. ``"skip"``: those images are dropped,
             counted in a warning and listed in :attr:`skipped`.
         decode_cache: Keep the decoded arrays in the disk cache (``usvl.data.decode_cache``) for later runs.
+        group_duplicates: Before assigning splits, fingerprint every image and treat each exact or near duplicate
+            group (:mod:`usvl.data.duplicates`) as one patient, so no group spans splits. Splits given by the
+            source or ``split_file`` are kept (duplicates across them are warned about).
+        eval_unsplit: For ``test``/``validate``/``predict`` on a dataset where no image has a split (and no
+            ``split_file``): ``"assign"`` splits it as ``fit`` does (the stage uses its split), ``"all"`` gives
+            every image to the stage's split (an external test set). None: the source's
+            :attr:`default_eval_unsplit` (``"assign"``; a plain folder: ``"all"``).
 
     Attributes:
         manifest: The manifest in use (after validation, splits and few-shot), once set up.
@@ -84,7 +98,12 @@ class UltrasoundDataModule(pl.LightningDataModule):
         skipped: ``(name, reason)`` of every image left out under ``on_bad_file="skip"``.
         duplicates: Cross-split duplicate groups found among the datasets built so far (see
             :func:`usvl.data.duplicates.cross_split_duplicates`).
+        duplicate_patients: The duplicate groups merged into one patient each before split assignment (one row
+            per member, see :func:`usvl.data.duplicates.groups_frame`).
     """
+
+    default_eval_unsplit: str = "assign"
+    """What ``eval_unsplit=None`` means for this source."""
 
     def __init__(
         self,
@@ -102,10 +121,15 @@ class UltrasoundDataModule(pl.LightningDataModule):
         few_shot: float | None = None,
         on_bad_file: Literal["error", "skip"] = "error",
         decode_cache: bool = True,
+        group_duplicates: bool = True,
+        eval_unsplit: Literal["assign", "all"] | None = None,
     ) -> None:
         super().__init__()
         if on_bad_file not in BAD_FILE_POLICIES:
             raise ValueError(f"on_bad_file must be one of {BAD_FILE_POLICIES}, not {on_bad_file!r}")
+        eval_unsplit = eval_unsplit or self.default_eval_unsplit
+        if eval_unsplit not in ("assign", "all"):
+            raise ValueError(f"eval_unsplit must be 'assign' or 'all', not {eval_unsplit!r}")
         if few_shot is not None and not 0 < float(few_shot) <= 100:
             raise ValueError(f"few_shot must be a percentage in (0, 100], got {few_shot}")
         self.task = task
@@ -123,6 +147,9 @@ class UltrasoundDataModule(pl.LightningDataModule):
         self.few_shot = few_shot
         self.on_bad_file = on_bad_file
         self.decode_cache = decode_cache
+        self.group_duplicates = group_duplicates
+        self.eval_unsplit = eval_unsplit
+        self.duplicate_patients: pd.DataFrame = pd.DataFrame(columns=list(GROUP_COLUMNS))
         self.datasets: dict[str, UltrasoundDataset] = {}
         self.manifest: pd.DataFrame | None = None
         self.split_manifest: pd.DataFrame | None = None
@@ -132,12 +159,34 @@ class UltrasoundDataModule(pl.LightningDataModule):
         self._saved_split_dirs: set[str] = set()
         self._fingerprints: dict[str, list[Fingerprint]] = {}
 
+    def use_class_names(self, class_names: Sequence[str], origin: str) -> None:
+        """Adopt the class names a model was trained with (e.g. from its checkpoint), before :meth:`setup`.
+
+        Args:
+            class_names: The class names in label order.
+            origin: Where they come from, for the log and the error.
+
+        Raises:
+            ValueError: Their number differs from this data module's (the model was built for the data module's
+                classes); the message names both lists.
+        """
+        names = [str(n) for n in class_names]
+        if names == self.class_names:
+            return
+        if len(names) != self.num_classes:
+            raise ValueError(f"The {origin} holds {len(names)} classes {names}, but the data module has "
+                             f"{self.num_classes} {self.class_names}; pass --data.class_names '{names}'")
+        if self.manifest is not None:
+            raise ValueError(f"Class names from the {origin} arrive after the manifest was read")
+        log.info("Class names %s from the %s (the data module had %s)", names, origin, self.class_names)
+        self.class_names = names
+
     @abstractmethod
     def read_manifest(self) -> pd.DataFrame:
         """Read the dataset layout into a manifest.
 
         Columns ``name, image, mask, label, split, patient`` and optionally ``label_name``; see
-        :mod:`usvl.data.sources.nextgen` for the contract.
+        :mod:`usvl.data.manifest` for the contract.
         """
 
     def validate_manifest(self, manifest: pd.DataFrame) -> pd.DataFrame:
@@ -147,8 +196,9 @@ class UltrasoundDataModule(pl.LightningDataModule):
         classification the label is in ``[0, num_classes)``. Decoding problems are found later, by the dataset.
 
         Returns:
-            The normalised manifest (see :func:`usvl.data.splits.normalise_manifest`), without the bad rows under
-            ``on_bad_file="skip"`` (those are added to :attr:`skipped` and logged).
+            The normalised manifest (see :func:`usvl.data.manifest.normalise_manifest`), without the bad rows under
+            ``on_bad_file="skip"`` (those are added to :attr:`skipped` and logged). Files the reader skipped
+            (:func:`usvl.data.manifest.skipped_files`, e.g. symlink loops) are added to :attr:`skipped` too.
 
         Raises:
             ValueError: A required column is missing or names repeat.
@@ -157,6 +207,8 @@ class UltrasoundDataModule(pl.LightningDataModule):
         missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
         if missing:
             raise ValueError(f"Manifest lacks columns {missing}")
+        unreadable = skipped_files(manifest)
+        self._record_skipped(unreadable, len(manifest) + len(unreadable), why="unreadable, skipped by the reader")
         manifest = normalise_manifest(manifest)
         names = manifest["name"].astype(str)
         repeated = sorted(set(names[names.duplicated()]))
@@ -194,40 +246,61 @@ class UltrasoundDataModule(pl.LightningDataModule):
         bad = {position for position, _, _ in problems}
         return manifest[[i not in bad for i in range(len(manifest))]].reset_index(drop=True)
 
-    def _record_skipped(self, skipped: list[tuple[str, str]], total: int, level: int = logging.WARNING) -> None:
+    def _record_skipped(self, skipped: list[tuple[str, str]], total: int, level: int = logging.WARNING,
+                        why: str = "on_bad_file='skip'") -> None:
         if not skipped:
             return
         self.skipped.extend(skipped)
-        log.log(level, "Skipped %d of %d images (on_bad_file='skip'); %d skipped in all so far:\n%s", len(skipped),
-                total, len(self.skipped), "\n".join(f"  {name}: {reason}" for name, reason in skipped))
+        log.log(level, "Skipped %d of %d images (%s); %d skipped in all so far:\n%s", len(skipped), total, why,
+                len(self.skipped), "\n".join(f"  {name}: {reason}" for name, reason in skipped))
 
-    def prepare_manifest(self) -> pd.DataFrame:
+    def stage_splits(self, stage: str | None) -> tuple[str, ...]:
+        """The splits a Lightning stage uses (all three for no stage)."""
+        if stage == "predict":
+            return (self.predict_split,)
+        return STAGE_SPLITS.get(stage or "", SPLITS)
+
+    def prepare_manifest(self, stage: str | None = None) -> pd.DataFrame:
         """Read, validate, split and subset the manifest (once; cached in :attr:`manifest`).
 
+        Args:
+            stage: The Lightning stage it is prepared for; only the splits it uses must be non-empty (None: all).
+
         Raises:
-            ValueError: A split with a non-zero fraction ends up empty, or the split file does not match.
+            ValueError: A split the stage uses is empty (and has a non-zero fraction, or comes from a split file),
+                or the split file does not match.
         """
         if self.manifest is not None:
             return self.manifest
         manifest = self.validate_manifest(self.read_manifest())
+        needed = self.stage_splits(stage)
         split_path = Path(self.split_file) if self.split_file else None
         if split_path is not None and split_path.is_file():
             manifest = read_split_file(split_path, manifest, ignore=[name for name, _ in self.skipped])
             self._split_file_reused = True
             log.info("Using the splits of %s", split_path)
+        elif self.eval_unsplit == "all" and "train" not in needed and manifest["split"].isna().all():
+            log.warning("No image of the %d has a split: all are used as the %s split (eval_unsplit='all', an external "
+                        "set). If the model was trained on these images, pass the run's splits.csv as split_file "
+                        "or set eval_unsplit='assign'.", len(manifest), needed[0])
+            manifest = manifest.assign(split=needed[0])
         else:
-            manifest = assign_splits(manifest, self.split_fractions, self.split_seed)
+            assigned = assign_splits(self._group_duplicates(manifest), self.split_fractions, self.split_seed)
+            manifest = assigned.assign(patient=manifest["patient"].to_numpy())  # merged ids only steer the split
         for split, fraction in zip(SPLITS, self.split_fractions, strict=True):
             if not (manifest["split"] == split).any():
                 message = f"The {split} split is empty ({len(manifest)} images, fractions {self.split_fractions})"
-                if fraction > 0 or self._split_file_reused:
+                if split not in needed:
+                    log.info("%s; stage %s does not use it", message, stage)
+                elif fraction > 0 or self._split_file_reused:
                     raise ValueError(message)
-                log.warning(message)
+                else:
+                    log.warning(message)
         self.split_manifest = manifest
         if split_path is not None and not self._split_file_reused and self._is_global_zero():
             write_split_file(manifest, split_path)
             log.info("Wrote the splits to %s", split_path)
-        if self.few_shot is not None:
+        if self.few_shot is not None and (manifest["split"] == "train").any():
             manifest = few_shot_subset(manifest, self.few_shot, self.split_seed)
             log.info("Few-shot: training on %d of %d training images (%g %%, seed %d)",
                      int((manifest["split"] == "train").sum()), int((self.split_manifest["split"] == "train").sum()),
@@ -237,6 +310,26 @@ class UltrasoundDataModule(pl.LightningDataModule):
         log.info("Manifest: %d images; per (split, label): %s", len(manifest), counts)
         return manifest
 
+    def _group_duplicates(self, manifest: pd.DataFrame) -> pd.DataFrame:
+        """The manifest with each duplicate group as one patient, when some splits are to be assigned.
+
+        Fills :attr:`duplicate_patients` and logs how many groups were merged. The merged patient ids only steer
+        :func:`~usvl.data.splits.assign_splits`; :meth:`prepare_manifest` keeps the source's own patient ids.
+        """
+        if not self.group_duplicates or not manifest["split"].isna().any():
+            return manifest
+        images = [next(iter(cell_paths(cell)), "") for cell in manifest["image"]]
+        fingerprints = fingerprint_files(images, default_threads())
+        grouped, members = merge_duplicate_patients(manifest, fingerprints, DEFAULT_THRESHOLD)
+        self.duplicate_patients = members
+        if members.empty:
+            return manifest
+        merged = sum(str(p).startswith("duplicates:") for p in set(grouped["patient"]))
+        log.info("Duplicate images: %d groups (%d images; %s) merged into %d patient groups before assigning splits, "
+                 "so no group spans splits", members["group"].nunique(), members["name"].nunique(),
+                 members.drop_duplicates("group")["kind"].value_counts().to_dict(), merged)
+        return grouped
+
     def _is_global_zero(self) -> bool:
         trainer = self.trainer
         return trainer is None or trainer.is_global_zero
@@ -244,7 +337,8 @@ class UltrasoundDataModule(pl.LightningDataModule):
     def save_splits(self, folder: str | Path) -> Path | None:
         """Write ``splits.csv`` to ``folder``; an identical existing file is kept, a different one raises.
 
-        With ``few_shot`` set, ``few_shot.csv`` (``name,patient`` of the training images used) is written too.
+        With ``few_shot`` set, ``few_shot.csv`` (``name,patient`` of the training images used) is written too;
+        when duplicate groups were merged into patients, ``duplicate_groups.csv`` (one row per member).
 
         Returns:
             The split file's path (None on non-zero ranks, which write nothing).
@@ -264,21 +358,21 @@ class UltrasoundDataModule(pl.LightningDataModule):
         if self.few_shot is not None and self.manifest is not None:
             train = self.manifest[self.manifest["split"] == "train"]
             train[["name", "patient"]].to_csv(Path(folder) / "few_shot.csv", index=False)
+        if not self.duplicate_patients.empty:
+            self.duplicate_patients.to_csv(Path(folder) / "duplicate_groups.csv", index=False)
         return path
 
     def setup(self, stage: str | None = None) -> None:
         """Prepare the manifest once, save the splits next to the run, and decode the splits the stage needs."""
-        manifest = self.prepare_manifest()
+        manifest = self.prepare_manifest(stage)
         trainer = self.trainer
         if trainer is not None and len(trainer.loggers) > 0:
             folder = trainer.log_dir  # every rank must ask (it broadcasts)
             if folder is not None and folder not in self._saved_split_dirs:
                 self.save_splits(folder)
                 self._saved_split_dirs.add(folder)
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
-                  "predict": (self.predict_split,)}.get(stage or "", SPLITS)
         built = False
-        for split in needed:
+        for split in self.stage_splits(stage):
             if split not in self.datasets:
                 rows = manifest[manifest["split"] == split].reset_index(drop=True)
                 dataset = UltrasoundDataset(rows, self.image_size, with_masks=self.task == "segmentation",

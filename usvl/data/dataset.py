@@ -12,8 +12,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from usvl.data.decode_cache import DecodeCache, DecodedSplit, is_missing
-from usvl.data.transforms import check_mask_size, decode_image, decode_mask
+from usvl.data.decode import check_mask_size, decode_image, decode_mask
+from usvl.data.decode_cache import DecodeCache, DecodedSplit
+from usvl.data.manifest import is_empty
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ class UltrasoundDataset(Dataset):
 
     Each item is a dict with ``image`` (``uint8 [1, S, S]``), ``label`` (``long``, -1 when unknown),
     ``mask`` (``uint8 [1, S, S]`` in {0, 1}, with ``with_masks``) and ``name``. Decoding follows
-    ``usvl.data.transforms`` (mask binarisation, bit depth, orientation, mask/image size rules). The decoded
+    ``usvl.data.decode`` (mask binarisation, bit depth, orientation, mask/image size rules). The decoded
     arrays are kept in a disk cache (``usvl.data.decode_cache``) keyed by the files' paths, sizes and
     modification times, so a later run loads them instead of decoding.
 
@@ -106,7 +107,7 @@ def _decode_split(names: list[str], images: list[Any], masks: list[Any], size: i
     mask_out = np.zeros((count, 1, size, size), dtype=np.uint8) if with_masks else None
     reasons: dict[int, str] = {}
     if with_masks:
-        missing = [i for i in range(count) if is_missing(masks[i])]
+        missing = [i for i in range(count) if is_empty(masks[i])]
         if missing and on_bad_file == "error":
             raise FileNotFoundError(
                 f"{len(missing)} images have no mask, e.g. {[names[i] for i in missing[:5]]} "
@@ -116,7 +117,7 @@ def _decode_split(names: list[str], images: list[Any], masks: list[Any], size: i
 
     def work(index: int) -> tuple[int, Exception | None, bool]:
         try:
-            if is_missing(images[index]):
+            if is_empty(images[index]):
                 raise FileNotFoundError(f"No image path for {names[index]}")
             image = decode_image(images[index], size)
             image_out[index, 0] = image.array

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from usvl.data.transforms import DECODER_VERSION
+from usvl.data.decode import DECODER_VERSION
+from usvl.data.manifest import cell_paths
 from usvl.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -58,20 +58,8 @@ class DecodedSplit:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def is_missing(path: Any) -> bool:
-    """Whether a manifest path cell is empty (``None``, NaN or ``""``)."""
-    if isinstance(path, list | tuple):
-        return len(path) == 0
-    if isinstance(path, str | os.PathLike):
-        return os.fspath(path) == ""
-    return path is None or bool(pd.isna(path))
-
-
 def _paths(cell: Any) -> list[str]:
-    if is_missing(cell):
-        return []
-    cells = cell if isinstance(cell, list | tuple) else [cell]
-    return [os.path.abspath(os.fspath(p)) for p in cells]
+    return [os.path.abspath(p) for p in cell_paths(cell)]
 
 
 def _stamp(path: str) -> list[Any]:

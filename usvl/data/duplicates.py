@@ -1,14 +1,15 @@
 """Exact and near-duplicate images, within a dataset and across its splits.
 
-* **Exact duplicates** share the SHA-1 of their decoded 8-bit grey pixels (and shape), so a copy re-encoded
+* **Exact duplicates** share the SHA-1 of their decoded 8-bit grey pixels (and shape; decoded by
+  :func:`usvl.data.decode.grey_array`, the loader's grey conversion, alpha composited), so a copy re-encoded
   losslessly (another PNG compression, BMP, TIFF, an RGB copy of a grey image) matches too.
 * **Near duplicates** have 64-bit difference hashes (dHash: the grey image box-resized to 9x8, one bit per
   horizontally adjacent pair, ``left > right``) within a Hamming distance ``threshold`` (default 4 of 64). This finds
   JPEG re-encodings, light noise, small brightness changes and rescaled copies. Near groups are the connected
   components of "within threshold", so a chain A~B~C forms one group even when A and C are further apart.
 
-Duplicates that span splits inflate test scores (BUSI is known to hold many, see ``reference/datasets.md``).
-Only PIL and numpy are used.
+Duplicates that span splits inflate test scores (BUSI is known to hold many, see ``reference/datasets.md``); the
+data module treats each group as one patient when it assigns splits (:func:`merge_duplicate_patients`).
 """
 
 from __future__ import annotations
@@ -22,22 +23,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from usvl.data.transforms import scale_to_uint8
+from usvl.data.decode import DECODE_ERRORS, grey_array, open_image
 
 DEFAULT_THRESHOLD = 4
-HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 GROUP_COLUMNS = ("group", "kind", "name", "split", "label", "patient", "distance")
-
-
-def to_grey(image: Image.Image) -> np.ndarray:
-    """Decoded 8-bit grey pixels of a loaded PIL image.
-
-    High-bit-depth images are scaled like usvl's loader does (:func:`usvl.data.transforms.scale_to_uint8`); other
-    modes go through Pillow's ``convert("L")``.
-    """
-    if image.mode in HIGH_BIT_DEPTH_MODES or image.mode.startswith("I;"):
-        return scale_to_uint8(np.asarray(image))
-    return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
 def pixel_hash(grey: np.ndarray) -> str:
@@ -70,17 +59,18 @@ def fingerprint_array(grey: np.ndarray) -> Fingerprint:
 
 
 def fingerprint_file(path: str) -> Fingerprint:
-    """Decode an image file and fingerprint its grey pixels.
+    """Decode an image file (at full size, by :mod:`usvl.data.decode`) and fingerprint its grey pixels.
 
     Raises:
+        FileNotFoundError: The file does not exist.
         ValueError: The file cannot be decoded; the message names it.
     """
-    try:
-        with Image.open(path) as image:
-            image.load()
-            grey = to_grey(image)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"Cannot read image {path}: {error}") from error
+    image, _ = open_image(path, "image")
+    with image:
+        try:
+            grey = grey_array(image)
+        except DECODE_ERRORS as error:
+            raise ValueError(f"Cannot convert image {path} (mode {image.mode}) to grey: {error}") from error
     return fingerprint_array(grey)
 
 
@@ -223,3 +213,52 @@ def cross_split_duplicates(duplicates: pd.DataFrame, threshold: int = DEFAULT_TH
     spans = duplicates.dropna(subset=["split"]).groupby("group")["split"].nunique()
     crossing = set(spans[spans > 1].index)
     return duplicates[duplicates["group"].isin(crossing)].reset_index(drop=True)
+
+
+def merge_duplicate_patients(manifest: pd.DataFrame, fingerprints: Sequence[Fingerprint | None],
+                             threshold: int = DEFAULT_THRESHOLD) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Give every duplicate group one patient id, so split assignment keeps the group in one split.
+
+    Rows are joined when they are in one exact or near duplicate group, or share a patient id; each joined set
+    that holds a duplicate group gets the patient id ``duplicates:<first name>`` (its rows' own patient ids are
+    replaced, so those patients move together too). Other rows keep their patient id. Blank images (dHash 0: flat,
+    e.g. empty slices at a volume's ends) are not grouped, since they say nothing of whose image it is and would
+    join unrelated patients.
+
+    Args:
+        manifest: Normalised manifest (``name``, ``patient``, ...).
+        fingerprints: One per row; None for rows that could not be decoded (never grouped).
+        threshold: Near-duplicate threshold (see :func:`duplicate_groups`).
+
+    Returns:
+        A copy of ``manifest`` with the merged patient ids, and the merged duplicate groups (one row per member,
+        see :func:`groups_frame`).
+    """
+    manifest = manifest.reset_index(drop=True)
+    informative = [f if f is not None and f.dhash != 0 else None for f in fingerprints]
+    groups = duplicate_groups(informative, threshold)
+    out = manifest.copy()
+    if not groups:
+        return out, groups_frame([], manifest, fingerprints)
+    forest = _UnionFind(len(manifest))
+    for _, positions in groups:
+        for p in positions[1:]:
+            forest.union(positions[0], p)
+    first_of_patient: dict[str, int] = {}
+    for position, patient in enumerate(manifest["patient"]):
+        if patient is not None:
+            forest.union(first_of_patient.setdefault(str(patient), position), position)
+    roots = {forest.find(p) for _, positions in groups for p in positions}
+    names = manifest["name"].astype(str).tolist()
+    members: dict[int, list[int]] = {}
+    for position in range(len(manifest)):
+        root = forest.find(position)
+        if root in roots:
+            members.setdefault(root, []).append(position)
+    patients = out["patient"].tolist()
+    for positions in members.values():
+        key = "duplicates:" + min(names[p] for p in positions)
+        for p in positions:
+            patients[p] = key
+    out["patient"] = pd.Series(patients, dtype=object, index=out.index)
+    return out, groups_frame(groups, manifest, fingerprints)

@@ -30,49 +30,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from usvl.data.manifest import SPLITS, is_empty, normalise_manifest, object_column
+
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 SPLIT_FILE_COLUMNS = ("name", "split", "patient")
-
-
-def _missing(value: object) -> bool:
-    """True for None, NaN, pandas NA and the empty string."""
-    if value is None:
-        return True
-    if isinstance(value, str):
-        return value == ""
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def _object_column(values: Sequence[object], index: pd.Index | None = None) -> pd.Series:
-    """A column of Python objects with None (not NaN) where a value is missing (pandas would infer ``str``)."""
-    return pd.Series([None if _missing(v) else v for v in values], dtype=object, index=index)
-
-
-def normalise_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Copy of a manifest with the optional columns present and missing values as None.
-
-    ``split`` and ``patient`` become object columns holding None where missing, ``label`` an int column with -1
-    where missing, and absent ``mask``/``split``/``patient``/``label_name`` columns are added empty.
-
-    Args:
-        manifest: Rows with at least ``name`` and ``image``.
-    """
-    out = manifest.copy().reset_index(drop=True)
-    for column in ("mask", "split", "patient", "label_name"):
-        values = out[column].tolist() if column in out.columns else [None] * len(out)
-        out[column] = _object_column(values, out.index)
-    out["patient"] = _object_column([None if _missing(p) else str(p) for p in out["patient"]], out.index)
-    labels = out["label"] if "label" in out.columns else pd.Series([-1] * len(out))
-    out["label"] = pd.to_numeric(labels, errors="coerce").fillna(-1).astype(int).values
-    bad = sorted({s for s in out["split"] if not _missing(s) and s not in SPLITS})
-    if bad:
-        raise ValueError(f"Unknown split values {bad}; expected one of {list(SPLITS)} or empty")
-    return out
 
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
@@ -91,7 +53,7 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
 def group_keys(manifest: pd.DataFrame) -> list[str]:
     """Grouping key per row: ``patient:<id>`` when the row has a patient id, else ``name:<name>``."""
     patients = manifest["patient"] if "patient" in manifest.columns else [None] * len(manifest)
-    return [f"name:{name}" if _missing(patient) else f"patient:{patient}"
+    return [f"name:{name}" if is_empty(patient) else f"patient:{patient}"
             for name, patient in zip(manifest["name"], patients, strict=True)]
 
 
@@ -121,7 +83,7 @@ def assign_splits(manifest: pd.DataFrame, fractions: Sequence[float] = (0.7, 0.1
         seed: Seed of the group permutation.
 
     Returns:
-        A normalised copy (see :func:`normalise_manifest`) with every ``split`` filled.
+        A normalised copy (see :func:`usvl.data.manifest.normalise_manifest`) with every ``split`` filled.
 
     Raises:
         ValueError: Bad fractions, unknown split values, or rows to assign but only zero-fraction splits to take them.
@@ -131,7 +93,7 @@ def assign_splits(manifest: pd.DataFrame, fractions: Sequence[float] = (0.7, 0.1
     unassigned = out["split"].isna().to_numpy()
     if not unassigned.any():
         return out
-    official = {s for s in out["split"] if not _missing(s)}
+    official = {s for s in out["split"] if not is_empty(s)}
     targets = [s for s in SPLITS if s not in official] if 0 < len(official) < len(SPLITS) else list(SPLITS)
     weights = np.array([fractions[SPLITS.index(s)] for s in targets])
     if weights.sum() <= 0:
@@ -152,7 +114,7 @@ def assign_splits(manifest: pd.DataFrame, fractions: Sequence[float] = (0.7, 0.1
     todo = []
     for position in np.flatnonzero(unassigned):
         patient = out.at[position, "patient"]
-        if not _missing(patient) and patient in patient_split:
+        if not is_empty(patient) and patient in patient_split:
             splits[position] = patient_split[patient]
         else:
             todo.append(position)
@@ -169,7 +131,7 @@ def assign_splits(manifest: pd.DataFrame, fractions: Sequence[float] = (0.7, 0.1
             for positions, index in zip(order["positions"], chosen, strict=True):
                 for p in positions:
                     splits[todo[p]] = targets[int(index)]
-    out["split"] = _object_column(splits, out.index)
+    out["split"] = object_column(splits, out.index)
     return out
 
 
@@ -264,7 +226,7 @@ def _load_split_table(path: Path) -> pd.DataFrame:
         raise ValueError(f"Split file {path} lists names more than once: {duplicated[:20]}")
     if "patient" not in table.columns:
         table["patient"] = ""
-    table["patient"] = _object_column(table["patient"].tolist(), table.index)
+    table["patient"] = object_column(table["patient"].tolist(), table.index)
     return table[list(SPLIT_FILE_COLUMNS)]
 
 
@@ -313,7 +275,7 @@ def read_split_file(path: str | Path, manifest: pd.DataFrame | None = None,
                          f"{_name_list(only_manifest)}")
         raise ValueError(f"Split file {path} does not match the manifest. " + "; ".join(parts))
     mapping = dict(zip(table["name"], table["split"], strict=True))
-    out["split"] = _object_column([mapping[n] for n in names], out.index)
+    out["split"] = object_column([mapping[n] for n in names], out.index)
     return out
 
 

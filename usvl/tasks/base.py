@@ -1,24 +1,58 @@
-"""Shared machinery of usvl LightningModules: frozen encoder + adapter, trainable-only checkpoints."""
+"""Shared machinery of usvl LightningModules: adapted frozen encoder, step template, trainable-only checkpoints."""
 
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics import MetricCollection
 
 from usvl.models.adapters.base import Adapter, NoAdapter
 from usvl.models.encoders.base import VisionLanguageEncoder
 from usvl.models.heads.classification import class_prototypes
+from usvl.tasks.gradient_check import parameters_without_gradient, unused_parameters_message
+from usvl.tasks.schedules import SizedByTrainer
 
 log = logging.getLogger(__name__)
 
+STAGES = ("train", "val", "test")
 
-class AdaptedEncoderTask(pl.LightningModule):
-    """Base task: injects the adapter into the frozen encoder and saves only trainable weights.
+
+@dataclass
+class StepOutput:
+    """What a task computes on one batch: the loss, and the arguments of its metrics' ``update``.
+
+    Attributes:
+        loss: Scalar loss of the batch.
+        predictions: First argument of the metrics' ``update`` (probabilities, masks, ...).
+        target: Second argument of the metrics' ``update`` (labels, masks); its length is the batch size.
+        metric_kwargs: Further keyword arguments of the metrics' ``update`` (e.g. the pixel ``spacing``).
+    """
+
+    loss: torch.Tensor
+    predictions: torch.Tensor
+    target: torch.Tensor
+    metric_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class AdaptedEncoderTask(pl.LightningModule, ABC):
+    """Base task: adapts the frozen encoder, runs the shared step and epoch-end logic, saves trainable weights only.
+
+    Subclasses build their head, then call :meth:`configure_task` with the injected loss; they implement the hooks
+    :meth:`configure_losses` (the default loss), :meth:`configure_metrics` (the metrics of one stage, cloned per
+    stage in :attr:`metric_stages`), :meth:`compute_step` (loss and metric inputs of a batch) and ``forward``.
+    ``training_step``, ``validation_step``, ``test_step`` and the epoch-end logging are shared: every stage logs
+    ``<stage>/loss`` and its metrics as ``<stage>/<name>``.
+
+    At the start of training the task checks that every trainable parameter can receive a gradient (one forward
+    and backward pass of two random images at the data module's ``image_size``; see :meth:`on_train_start`).
 
     Args:
         encoder: The vision-language encoder (frozen towers, trainable projections).
@@ -28,6 +62,12 @@ class AdaptedEncoderTask(pl.LightningModule):
         channels_last: Run convolutions in channels-last memory format (about 1.4x faster training of the
             EfficientNet tower on a CPU, see BENCHMARKS.md).
     """
+
+    metric_stages: tuple[str, ...] = STAGES
+    """Stages whose metrics are accumulated and logged; the others log their loss only."""
+
+    progress_bar_metrics: tuple[str, ...] | None = None
+    """Validation metrics shown in the progress bar (names without the stage prefix); ``None`` shows all."""
 
     def __init__(
         self,
@@ -40,7 +80,7 @@ class AdaptedEncoderTask(pl.LightningModule):
         super().__init__()
         self.encoder = encoder
         self.adapter = adapter or NoAdapter()
-        self.adapter_layers = self.adapter.apply(encoder)
+        self.adapter.apply(encoder)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.strict_loading = False
@@ -54,6 +94,29 @@ class AdaptedEncoderTask(pl.LightningModule):
         self.num_classes = 0
         self.class_names: list[str] = []
         self.text_embeddings: torch.Tensor | None = None
+        self.loss: nn.Module | None = None
+
+    @abstractmethod
+    def configure_losses(self) -> nn.Module:
+        """The task's default loss, used when none is injected."""
+
+    @abstractmethod
+    def configure_metrics(self) -> MetricCollection:
+        """The metrics of one stage; :meth:`configure_task` clones them for each of :attr:`metric_stages`."""
+
+    @abstractmethod
+    def compute_step(self, batch: dict[str, Any], stage: str) -> StepOutput:
+        """Loss and metric inputs of a batch for ``stage`` (``train``, ``val``, ``test``)."""
+
+    def configure_task(self, loss: nn.Module | None) -> None:
+        """Set the loss (the injected one, else :meth:`configure_losses`) and one metric collection per stage.
+
+        Subclasses call it at the end of ``__init__``, once the attributes the hooks read are set.
+        """
+        self.loss = loss if loss is not None else self.configure_losses()
+        metrics = self.configure_metrics()
+        for stage in self.metric_stages:
+            setattr(self, f"{stage}_metrics", metrics.clone(prefix=f"{stage}/"))
 
     def set_classes(self, num_classes: int, class_names: Sequence[str] | None) -> None:
         """Record the classes (linked from the data module); names default to ``"0"``, ``"1"``, ...
@@ -108,13 +171,64 @@ class AdaptedEncoderTask(pl.LightningModule):
             x = x.expand(-1, 3, -1, -1)
         return ((x - self.image_mean) / self.image_std).contiguous(memory_format=self.memory_format)
 
+    def stage_metrics(self, stage: str) -> MetricCollection | None:
+        """The metric collection of ``stage``, or ``None`` when the stage has none."""
+        return getattr(self, f"{stage}_metrics", None) if stage in self.metric_stages else None
+
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        """Loss of a batch for ``stage`` (``train``, ``val``, ``test``), logging it and updating the stage's metrics."""
-        raise NotImplementedError
+        """Loss of a batch for ``stage``, logging it and updating the stage's metrics."""
+        output = self.compute_step(batch, stage)
+        metrics = self.stage_metrics(stage)
+        if metrics is not None:
+            metrics.update(output.predictions, output.target, **output.metric_kwargs)
+        self.log(f"{stage}/loss", output.loss, prog_bar=True, on_step=stage == "train", on_epoch=True,
+                 batch_size=len(output.target))
+        return output.loss
 
     def _log_epoch_metrics(self, stage: str) -> None:
-        """Compute, log and reset the metrics of ``stage``."""
-        raise NotImplementedError
+        """Compute, log and reset the metrics of ``stage`` (nothing when no batch updated them)."""
+        metrics = self.stage_metrics(stage)
+        if metrics is None or not all(metric.update_called for metric in metrics.values()):
+            return
+        values = metrics.compute()
+        shown = self.progress_bar_metrics
+        in_bar = {k: v for k, v in values.items() if stage == "val" and (shown is None or k[len(stage) + 1:] in shown)}
+        self.log_dict(in_bar, prog_bar=True)
+        self.log_dict({k: v for k, v in values.items() if k not in in_bar})
+        metrics.reset()
+
+    def on_train_start(self) -> None:
+        """Run :meth:`check_gradients` at the data module's ``image_size`` before the first optimisation step.
+
+        Lightning calls the callbacks' ``on_train_start`` first; the text embeddings are set earlier still, in
+        ``TextEmbeddingCache.setup``. Without an ``image_size`` on the data module the check is skipped, with a
+        log line.
+        """
+        size = getattr(self.trainer.datamodule, "image_size", None)
+        if size is None:
+            log.info("Gradient check skipped: the data module has no image_size")
+            return
+        self.check_gradients(size)
+
+    def check_gradients(self, image_size: int | Sequence[int]) -> None:
+        """Check that every trainable parameter can receive a gradient.
+
+        One forward and backward pass of two random images of ``image_size`` through ``forward``, inside
+        ``torch.random.fork_rng`` and with all buffers restored afterwards, so the run's random stream and
+        batch-norm statistics are unchanged and no ``.grad`` is left behind. It costs about one training step at
+        batch size 2.
+
+        Raises:
+            RuntimeError: Some trainable parameters never receive a gradient; the message names them and says
+                how to place adapters and taps.
+        """
+        height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            images = torch.randint(0, 256, (2, 3, height, width), dtype=torch.uint8, device=self.device)
+            unused = parameters_without_gradient(self, lambda: self(images))
+        if unused:
+            raise RuntimeError(unused_parameters_message(self, unused))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Loss on a training batch."""
@@ -136,6 +250,10 @@ class AdaptedEncoderTask(pl.LightningModule):
         """Log test metrics."""
         self._log_epoch_metrics("test")
 
+    def on_train_epoch_end(self) -> None:
+        """Log training metrics."""
+        self._log_epoch_metrics("train")
+
     def configure_optimizers(self) -> Any:
         """Optimise trainable parameters only; the scheduler, if any, steps every optimisation step."""
         parameters = [p for p in self.parameters() if p.requires_grad]
@@ -143,7 +261,7 @@ class AdaptedEncoderTask(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        if hasattr(scheduler, "set_total_steps"):
+        if isinstance(scheduler, SizedByTrainer):
             scheduler.set_total_steps(self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
+from torchmetrics import MetricCollection
 
 from usvl.metrics import classification_metrics
 from usvl.models.adapters.base import Adapter
 from usvl.models.encoders.base import VisionLanguageEncoder
-from usvl.tasks.base import AdaptedEncoderTask
-
-HeadFactory = Callable[[int, int], nn.Module]
+from usvl.models.heads.factory import HeadFactory
+from usvl.tasks.base import AdaptedEncoderTask, StepOutput
 
 
 class ClassificationTask(AdaptedEncoderTask):
@@ -23,16 +22,19 @@ class ClassificationTask(AdaptedEncoderTask):
 
     Args:
         encoder: The vision-language encoder.
-        head: Head factory called as ``head(embed_dim, num_classes)``, e.g. ``PromptSimilarityHead``.
+        head: Head factory called as ``head(feature_dims, embed_dim, num_classes)``, e.g. ``PromptSimilarityHead``.
         num_classes: Number of classes (linked from the data module).
         class_names: Class names in label order (linked from the data module).
         adapter: How to adapt the image tower.
         optimizer: Optimizer factory.
         scheduler: Learning-rate scheduler factory.
         channels_last: Run convolutions in channels-last memory format.
-        label_smoothing: Cross-entropy label smoothing.
+        label_smoothing: Label smoothing of the default cross-entropy loss.
         test_time_flip: In validation, test and predict, average the probabilities of each image and its
             lateral (horizontal) mirror image.
+        loss: Loss on class logits ``[B, K]`` and labels ``[B]``; defaults to cross entropy with
+            ``label_smoothing``. In validation and test it gets the log of the (flip-averaged) probabilities,
+            which for cross entropy without smoothing is the negative log-likelihood of those probabilities.
     """
 
     def __init__(
@@ -47,18 +49,25 @@ class ClassificationTask(AdaptedEncoderTask):
         channels_last: bool = True,
         label_smoothing: float = 0.0,
         test_time_flip: bool = False,
+        loss: nn.Module | None = None,
     ) -> None:
         super().__init__(encoder, adapter, optimizer, scheduler, channels_last)
         # Evaluation-only switches stay out of the checkpoint, so `usvl test --ckpt_path` can change them.
-        self.save_hyperparameters(ignore=["encoder", "head", "adapter", "optimizer", "scheduler", "test_time_flip"])
+        self.save_hyperparameters(ignore=["encoder", "head", "adapter", "optimizer", "scheduler", "test_time_flip",
+                                          "loss"])
         self.set_classes(num_classes, class_names)
-        self.head = head(encoder.embed_dim, num_classes)
+        self.head = head(list(encoder.feature_dims), encoder.embed_dim, num_classes)
         self.label_smoothing = label_smoothing
         self.test_time_flip = test_time_flip
-        metrics = classification_metrics(num_classes)
-        self.train_metrics = metrics.clone(prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        self.configure_task(loss)
+
+    def configure_losses(self) -> nn.Module:
+        """Cross entropy with ``label_smoothing``."""
+        return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
+
+    def configure_metrics(self) -> MetricCollection:
+        """Accuracy, AUROC, F1, sensitivity and specificity (binary on the class-1 probability with two classes)."""
+        return classification_metrics(self.num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits ``[B, K]`` for a batch of images."""
@@ -72,32 +81,20 @@ class ClassificationTask(AdaptedEncoderTask):
             probabilities = (probabilities + self(images.flip(-1)).float().softmax(dim=-1)) / 2
         return probabilities
 
-    def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+    def compute_step(self, batch: dict[str, Any], stage: str) -> StepOutput:
+        """Loss on the logits in training, on the log of the (flip-averaged) probabilities otherwise."""
         labels = batch["label"]
         if stage == "train":
             logits = self(batch["image"])
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+            loss = self.loss(logits.float(), labels)
             probabilities = logits.detach().float().softmax(dim=-1)
         else:
             probabilities = self.predict_probabilities(batch["image"])
-            loss = F.nll_loss(probabilities.clamp_min(1e-8).log(), labels)
-        metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(probabilities[:, 1] if self.num_classes == 2 else probabilities, labels)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(labels))
-        return loss
+            loss = self.loss(probabilities.clamp_min(1e-8).log(), labels)
+        return StepOutput(loss, probabilities[:, 1] if self.num_classes == 2 else probabilities, labels)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Class probabilities and predicted class per image, with the image names."""
         probabilities = self.predict_probabilities(batch["image"])
         return {"name": batch["name"], "probabilities": probabilities.cpu(),
                 "prediction": probabilities.argmax(dim=-1).cpu()}
-
-    def _log_epoch_metrics(self, stage: str) -> None:
-        metrics = getattr(self, f"{stage}_metrics")
-        self.log_dict(metrics.compute(), prog_bar=stage == "val")
-        metrics.reset()
-
-    def on_train_epoch_end(self) -> None:
-        """Log training metrics."""
-        self._log_epoch_metrics("train")

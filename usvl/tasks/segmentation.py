@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
+from torchmetrics import MetricCollection
 
-from usvl.losses import DiceCELoss
+from usvl.metrics import SegmentationMetrics
 from usvl.models.adapters.base import Adapter
 from usvl.models.encoders.base import VisionLanguageEncoder
-from usvl.segmentation_metrics import SegmentationMetrics
-from usvl.tasks.base import AdaptedEncoderTask
-
-HeadFactory = Callable[[list[int], int], nn.Module]
+from usvl.models.heads.factory import HeadFactory
+from usvl.tasks.base import AdaptedEncoderTask, StepOutput
+from usvl.tasks.losses import DiceCELoss
 
 NORMAL_CLASS_NAMES = ("normal",)
 """Class names that mean "no lesion"; their prototypes are left out of the default lesion text vector."""
@@ -30,7 +30,7 @@ class SegmentationTask(AdaptedEncoderTask):
     the projected class prototypes of ``lesion_classes``. The class descriptions come from the
     ``TextEmbeddingCache`` callback, as in :class:`~usvl.tasks.ClassificationTask`.
 
-    Validation and test accumulate :class:`~usvl.segmentation_metrics.SegmentationMetrics` (masks thresholded at
+    Validation and test accumulate :class:`~usvl.metrics.SegmentationMetrics` (masks thresholded at
     ``threshold``) and log every entry of its ``compute()`` at epoch end as ``val/<key>`` / ``test/<key>``
     (``dice``, ``iou``, ``hd95``, ``asd``, ``fp_rate_normal``, the empty-mask case counts, ...). Entries that are
     undefined for the epoch (e.g. ``fp_rate_normal`` without normal images) are logged as NaN, so the set of keys
@@ -42,7 +42,7 @@ class SegmentationTask(AdaptedEncoderTask):
 
     Args:
         encoder: The vision-language encoder (its ``feature_dims`` size the head).
-        head: Head factory called as ``head(feature_dims, embed_dim)``, e.g. ``MultiScaleSegmentationHead``.
+        head: Head factory called as ``head(feature_dims, embed_dim, 1)``, e.g. ``MultiScaleSegmentationHead``.
         num_classes: Number of image classes (linked from the data module; used for the text only).
         class_names: Class names in label order (linked from the data module); the text descriptions are looked up
             by these names.
@@ -58,6 +58,9 @@ class SegmentationTask(AdaptedEncoderTask):
             except ``normal`` (or all classes if that leaves none).
     """
 
+    metric_stages = ("val", "test")
+    progress_bar_metrics = ("dice",)
+
     def __init__(
         self,
         encoder: VisionLanguageEncoder,
@@ -68,7 +71,7 @@ class SegmentationTask(AdaptedEncoderTask):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         channels_last: bool = True,
-        loss: DiceCELoss | None = None,
+        loss: nn.Module | None = None,
         threshold: float = 0.5,
         pixel_spacing_mm: float | None = None,
         lesion_classes: Sequence[str] | None = None,
@@ -88,15 +91,20 @@ class SegmentationTask(AdaptedEncoderTask):
         if unknown or not lesion_classes:
             raise ValueError(f"lesion_classes {list(lesion_classes)} must be a non-empty subset of {self.class_names}")
         self.lesion_classes = list(lesion_classes)
-        self.head = head(list(encoder.feature_dims), encoder.embed_dim)
+        self.head = head(list(encoder.feature_dims), encoder.embed_dim, 1)
         self.uses_text = bool(getattr(self.head, "uses_text", False))
         self._freeze_unused_projections()
-        self.loss = loss if loss is not None else DiceCELoss()
         self.threshold = threshold
         self.pixel_spacing_mm = pixel_spacing_mm
-        self.val_metrics = SegmentationMetrics()
-        self.test_metrics = SegmentationMetrics()
-        self.last_test_records: list[dict[str, Any]] = []
+        self.configure_task(loss)
+
+    def configure_losses(self) -> nn.Module:
+        """Soft Dice + binary cross entropy (:class:`~usvl.tasks.losses.DiceCELoss`)."""
+        return DiceCELoss()
+
+    def configure_metrics(self) -> MetricCollection:
+        """Per-image Dice, IoU, HD95, ASD and the empty-mask counts (:class:`~usvl.metrics.SegmentationMetrics`)."""
+        return MetricCollection({"segmentation": SegmentationMetrics()})
 
     def _freeze_unused_projections(self) -> None:
         unused = {"image_projection"} if self.uses_text else {"image_projection", "text_projection"}
@@ -127,33 +135,22 @@ class SegmentationTask(AdaptedEncoderTask):
     def _spacing(self) -> tuple[float, float] | None:
         return None if self.pixel_spacing_mm is None else (self.pixel_spacing_mm, self.pixel_spacing_mm)
 
-    def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+    def compute_step(self, batch: dict[str, Any], stage: str) -> StepOutput:
+        """Loss on the mask logits; the metrics get the thresholded masks and the pixel spacing.
+
+        Raises:
+            KeyError: The batch has no masks (the data module was not set up for segmentation).
+        """
         if "mask" not in batch:
             raise KeyError("The batch has no 'mask': set data.init_args.task to segmentation")
         masks = batch["mask"]
         logits = self(batch["image"], output_size=masks.shape[-2:])
-        loss = self.loss(logits, masks)
-        if stage != "train":
-            getattr(self, f"{stage}_metrics").update(self.predict_masks(logits), masks, spacing=self._spacing())
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(masks))
-        return loss
+        return StepOutput(self.loss(logits, masks), self.predict_masks(logits), masks, {"spacing": self._spacing()})
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Image names and predicted masks (``uint8`` 0/1, ``[B, 1, H, W]`` at the image size)."""
         logits = self(batch["image"])
         return {"name": batch["name"], "mask": self.predict_masks(logits).to(torch.uint8).cpu()}
-
-    def _log_epoch_metrics(self, stage: str) -> None:
-        metrics: SegmentationMetrics = getattr(self, f"{stage}_metrics")
-        if not metrics.update_called:
-            return
-        values = metrics.compute()
-        if stage == "test":
-            self.last_test_records = metrics.per_image()
-        self.log(f"{stage}/dice", float(values.pop("dice")), prog_bar=True)
-        self.log_dict({f"{stage}/{key}": float(value) for key, value in values.items()})
-        metrics.reset()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Also record the lesion classes the text vector was built from."""

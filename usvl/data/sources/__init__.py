@@ -1,9 +1,13 @@
-"""One module per dataset source: a layout reader (``read_<source>_manifest``) and its thin LightningDataModule."""
+"""One module per dataset source: a layout reader (``read_<source>_manifest``) and its thin LightningDataModule.
 
+Shared reader helpers are in :mod:`usvl.data.sources.common`; the manifest contract in :mod:`usvl.data.manifest`.
+"""
+
+from usvl.data.manifest import MANIFEST_COLUMNS, DatasetNotFoundError
 from usvl.data.sources.busi import BUSIDataModule, read_busi_manifest
 from usvl.data.sources.ddti import DDTIDataModule, read_ddti_manifest
 from usvl.data.sources.folder import FolderDataModule, read_folder_manifest
-from usvl.data.sources.nextgen import MANIFEST_COLUMNS, DatasetNotFoundError, NextGenDataModule, read_nextgen_manifest
+from usvl.data.sources.nextgen import NextGenDataModule, read_nextgen_manifest
 from usvl.data.sources.prostate import ProstateDataModule, read_prostate_manifest
 from usvl.data.sources.registry import SOURCES, read_source
 from usvl.data.sources.synthetic import SyntheticDataModule, ensure_synthetic

@@ -13,10 +13,11 @@ Layout::
                                                    benign (1)_mask_1.png     extra lesion (17 images)
 
 Quirks handled here: extra lesions are separate ``_mask_N`` files and are OR-merged into one mask written to the
-cache (``<cache>/derived/busi/<hash>/``), each binarised by the loader's rule (channel maximum above half its
-maximum), so RGB, RGBA and {0, 1} masks merge correctly; normal images have empty masks. There is no official split
-(``split`` is None) and no patient id. Known problems the reader does not fix: duplicated images, 8 lesions in both
-benign and malignant, overlaid calipers (``usvl data check`` reports duplicates).
+cache (``<cache>/derived/busi/<hash>/``), each binarised by the loader's rule (:mod:`usvl.data.decode`: channel
+maximum above half its maximum), so RGB, RGBA and {0, 1} masks merge correctly; normal images have empty masks.
+There is no official split (``split`` is None) and no patient id. The set holds many duplicated images: the data
+module treats each duplicate group as one patient when it assigns the splits, so no group spans splits. Known
+problems the reader does not fix: 8 lesions in both benign and malignant, overlaid calipers.
 """
 
 from __future__ import annotations
@@ -31,15 +32,9 @@ import pandas as pd
 from PIL import Image
 
 from usvl.data.datamodule import UltrasoundDataModule
-from usvl.data.sources.nextgen import (
-    binary_mask,
-    derived_dir,
-    file_key,
-    is_image_file,
-    make_manifest,
-    not_found,
-    save_png_atomic,
-)
+from usvl.data.decode import read_binary_mask
+from usvl.data.manifest import make_manifest
+from usvl.data.sources.common import derived_dir, file_key, is_image_file, not_found, save_png_atomic
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +71,7 @@ def merge_masks(paths: list[Path], target: Path) -> Path | None:
     merged: np.ndarray | None = None
     for path in paths:
         try:
-            mask = binary_mask(path)
+            mask = read_binary_mask(path)
         except (OSError, ValueError) as error:
             log.warning("Skipping unreadable BUSI mask %s: %s", path, error)
             continue

@@ -37,7 +37,8 @@ import pandas as pd
 from PIL import Image
 
 from usvl.data.datamodule import UltrasoundDataModule
-from usvl.data.sources.nextgen import derived_dir, file_key, make_manifest, not_found, save_png_atomic
+from usvl.data.manifest import make_manifest
+from usvl.data.sources.common import derived_dir, file_key, not_found, save_png_atomic
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import yaml
 from usvl.data.sources.busi import read_busi_manifest
 from usvl.data.sources.ddti import read_ddti_manifest
 from usvl.data.sources.folder import read_folder_manifest
-from usvl.data.sources.nextgen import read_nextgen_manifest
+from usvl.data.sources.nextgen import nextgen_datasets, read_nextgen_manifest
 from usvl.data.sources.prostate import read_prostate_manifest
 from usvl.data.sources.tn3k import read_tn3k_manifest
 
@@ -27,7 +27,16 @@ SOURCES: dict[str, Callable[..., pd.DataFrame]] = {
     "nextgen": read_nextgen_manifest,
     "folder": read_folder_manifest,
 }
-"""Reader of each source: ``read(root, **options) -> manifest`` (see :mod:`usvl.data.sources.nextgen`)."""
+"""Reader of each source: ``read(root, **options) -> manifest`` (see :mod:`usvl.data.manifest`)."""
+
+OPTION_CHOICES: dict[str, dict[str, Callable[[Path], list[str]]]] = {
+    "nextgen": {"dataset": nextgen_datasets},
+}
+"""Per source and required option: what lists the values found under a root, for the missing-option error."""
+
+
+class MissingOptionError(TypeError):
+    """A source's reader needs an option that was not given; the message names it (and the values found)."""
 
 
 def source_options(name: str) -> dict[str, inspect.Parameter]:
@@ -56,15 +65,32 @@ def read_source(name: str, root: str | Path, **options: Any) -> pd.DataFrame:
     Raises:
         KeyError: Unknown source; the message lists the known ones.
         TypeError: Unknown option; the message lists the accepted ones.
+        MissingOptionError: A required option is missing; the message names it and, where the source can list
+            them, the values found under ``root``.
     """
     reader = _reader(name)
     accepted = source_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(f"Source '{name}' has no option(s) {unknown}; it accepts {sorted(accepted)}")
+    missing = [key for key, p in accepted.items() if p.default is inspect.Parameter.empty and key not in options]
+    if missing:
+        raise MissingOptionError(_missing_message(name, root, missing))
     hints = typing.get_type_hints(reader)
     converted = {key: _convert(value, hints.get(key)) for key, value in options.items()}
     return reader(root, **converted)
+
+
+def _missing_message(name: str, root: str | Path, missing: list[str]) -> str:
+    lines = [f"Source '{name}' needs the option(s) {', '.join(missing)}: pass "
+             + " ".join(f"--option {key}=<{key}>" for key in missing) + "."]
+    for key in missing:
+        lister = OPTION_CHOICES.get(name, {}).get(key)
+        if lister is not None:
+            found = lister(Path(root))
+            lines.append(f"Values of {key} found in {root}: {', '.join(found)}." if found
+                         else f"No value of {key} found in {root}.")
+    return " ".join(lines)
 
 
 def _reader(name: str) -> Callable[..., pd.DataFrame]:

@@ -31,7 +31,8 @@ from typing import Any
 import pandas as pd
 
 from usvl.data.datamodule import UltrasoundDataModule
-from usvl.data.sources.nextgen import find_by_stem, label_index, list_images, make_manifest, not_found
+from usvl.data.manifest import label_index, make_manifest
+from usvl.data.sources.common import find_by_stem, list_images, not_found, read_name_label_csv
 
 log = logging.getLogger(__name__)
 
@@ -61,25 +62,6 @@ def sort_key(path: Path) -> tuple[int, int, str]:
         return (0, int(path.stem), path.name)
     except ValueError:
         return (1, 0, path.name)
-
-
-def read_label_file(path: Path) -> dict[str, str]:
-    """Raw labels of a ``label4*.csv`` (``name,label`` rows; a ``name,label`` header line is skipped).
-
-    Raises:
-        ValueError: A non-blank row has no comma; the message names the file and line.
-    """
-    labels: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
-        if not line.strip():
-            continue
-        name, comma, value = line.strip().rpartition(",")
-        if not comma or not name.strip():
-            raise ValueError(f"{path}:{number}: expected 'name,label', got {line!r}")
-        if number == 1 and value.strip().lower() in ("label", "class", "category"):
-            continue
-        labels[name.strip()] = value.strip()
-    return labels
 
 
 def read_fold_file(path: Path, count: int) -> dict[int, str]:
@@ -136,7 +118,7 @@ def read_tn3k_manifest(root: str | Path, fold: int | None = 0) -> pd.DataFrame:
     for group, images in (("trainval", trainval), ("test", sorted(list_images(folder / "test-image"),
                                                                       key=sort_key))):
         label_path = folder / f"label4{group}.csv"
-        labels = read_label_file(label_path) if label_path.is_file() else {}
+        labels = read_name_label_csv(label_path) if label_path.is_file() else {}
         by_stem = {Path(name).stem: raw for name, raw in labels.items()}
         for index, image in enumerate(images):
             mask = find_by_stem(folder / f"{group}-mask", image.stem)

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from usvl.data.manifest import SPLITS
+
 from .presets import PRESETS
 from .render import render_sample
 from .version import GENERATOR_VERSION
 
-SPLITS = ("train", "val", "test")
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1, "test": 2}
 
 

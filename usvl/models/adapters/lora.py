@@ -8,11 +8,12 @@ otherwise.
 Default targets come from the encoder (``VisionLanguageEncoder.lora_targets``), so ``adapter: LoRAAdapter`` works
 on every backend without naming layers:
 
-* timm ViTs (tiny ViT-CLIP, ``timm+hf`` ViTs, open_clip's timm ``trunk`` as in BiomedCLIP): the fused ``attn.qkv``
+* timm ViTs (``timm+hf`` ViTs, open_clip's timm ``trunk`` as in BiomedCLIP): the fused ``attn.qkv``
   and the ``attn.proj`` Linear layers of every block, as the reference does: per block at width 768 and r=16 that is
   ``16·(768+2304) + 16·(768+768) = 73,728`` parameters, 884,736 over 12 blocks;
-* open_clip's own (OpenAI-style) ``VisionTransformer``: each block's ``nn.MultiheadAttention`` (peft's LoRA for
-  it adapts the fused ``in_proj`` and the ``out_proj``: the same 73,728 per block);
+* open_clip's own (OpenAI-style) ``VisionTransformer``, the tiny test ViT-CLIP included: each block's
+  ``nn.MultiheadAttention`` (peft's LoRA for it adapts the fused ``in_proj`` and the ``out_proj``: the same 73,728
+  per block);
 * transformers CLIP/SigLIP: ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj`` of every vision layer;
 * CNN towers (the embedded EfficientNet-Lite0, timm CNNs): the ungrouped 1x1 convolutions (channel mixing).
 

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from usvl.models.encoders.common import capture_outputs
+from usvl.models.encoders.vit import tokens_to_map
+
 VIT_ATTENTION_LORA_TARGETS = r"image_tower\.(?:.+\.)?blocks\.\d+\.attn\.(?:qkv|proj)"
 """The fused ``attn.qkv`` and the ``attn.proj`` Linear layers of every block of a timm ViT image tower."""
 
@@ -31,8 +34,17 @@ class ImageFeatures:
 class VisionLanguageEncoder(nn.Module, ABC):
     """A frozen image tower and text tower with trainable projections into one embedding space.
 
-    Subclasses set ``embed_dim``, ``feature_dims``, ``image_mean``/``image_std`` and ``encoder_id`` and implement
-    :meth:`encode_image`, :meth:`encode_text` and :attr:`adapter_points`.
+    Subclasses set ``embed_dim``, ``feature_dims``, ``feature_taps``, ``image_mean``/``image_std`` and
+    ``encoder_id``, and implement :meth:`forward_image_tower`, :meth:`encode_text_raw`, :meth:`project_text` and
+    :attr:`adapter_points`; they hold a trainable ``image_projection``.
+
+    Feature taps: every backend taps features the same way. ``feature_taps`` index :attr:`adapter_points` (ViT
+    blocks, CNN stages); :meth:`encode_image` puts forward hooks on those modules
+    (:func:`~usvl.models.encoders.common.capture_outputs`), runs the tower's own forward
+    (:meth:`forward_image_tower`), and turns each recorded output into a map (token sequences lose their
+    ``num_prefix_tokens`` leading tokens and become square ``[B, C, h, w]`` maps; CNN maps pass through). An adapter
+    injected at a point replaces the module there by ``AdaptedModule(module, adapter)``, so the tap sees the adapted
+    output, and adapters need no knowledge of the encoder.
     """
 
     encoder_id: str = "abstract"
@@ -42,12 +54,49 @@ class VisionLanguageEncoder(nn.Module, ABC):
     """Layers LoRA adapts by default (regular expression on qualified names, or a list of names)."""
     embed_dim: int
     feature_dims: list[int]
+    feature_taps: tuple[int, ...]
+    num_prefix_tokens: int = 0
+    """Leading non-patch tokens (CLS, registers) of token outputs; 0 for CNN towers."""
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     @abstractmethod
+    def forward_image_tower(self, images: torch.Tensor) -> torch.Tensor:
+        """Run the (adapted) frozen image tower's own forward on a normalised batch ``[B, 3, H, W]``.
+
+        Returns:
+            Its final output: the pooled embedding of CLIP-style towers, the last feature map of CNNs.
+        """
+
+    def pool_image(self, output: torch.Tensor, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Pooled image features ``[B, C]`` from the tower's output and the tapped maps; default: the output."""
+        return output
+
+    def tapped_modules(self) -> list[nn.Module]:
+        """The modules whose outputs become maps: the adapter points chosen by ``feature_taps`` (adapted if wrapped)."""
+        points = self.adapter_points
+        return [self.get_submodule(points[index][0]) for index in self.feature_taps]
+
+    def check_feature_taps(self) -> None:
+        """Check that every feature tap indexes an adapter point.
+
+        Raises:
+            ValueError: A tap is outside ``[0, len(adapter_points))``; the message says how many there are.
+        """
+        count = len(self.adapter_points)
+        if any(not 0 <= index < count for index in self.feature_taps):
+            raise ValueError(
+                f"feature_taps {list(self.feature_taps)} must lie in [0, {count}): {type(self).__name__} has {count} "
+                "tappable blocks/stages (its adapter points); pass taps in that range."
+            )
+
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
-        """Encode a normalised image batch ``[B, 3, H, W]`` into :class:`ImageFeatures`."""
+        """Encode a normalised image batch ``[B, 3, H, W]`` into :class:`ImageFeatures`, tapping the chosen points."""
+        with capture_outputs(self.tapped_modules()) as tapped:
+            output = self.forward_image_tower(images)
+        maps = [tokens_to_map(feature, self.num_prefix_tokens) for feature in tapped]
+        pooled = self.pool_image(output, maps)
+        return ImageFeatures(global_embedding=self.image_projection(pooled), maps=maps, pooled=pooled)
 
     @abstractmethod
     def encode_text_raw(self, texts: Sequence[str]) -> torch.Tensor:

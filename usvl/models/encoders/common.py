@@ -21,24 +21,36 @@ def identity_linear(width: int) -> nn.Linear:
     return layer
 
 
-def tokens_to_map(output: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
-    """ViT tokens ``[B, N, D]`` (prefix tokens first) as a square map ``[B, D, h, w]``; maps pass through.
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of token embeddings ``[N, L, D]`` over the tokens that ``attention_mask`` ``[N, L]`` keeps: ``[N, D]``."""
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
 
-    Raises:
-        ValueError: The patch tokens do not form a square grid.
+
+@torch.no_grad()
+def mean_pooled_text(model: nn.Module, tokenizer, texts: Sequence[str], max_length: int) -> torch.Tensor:
+    """Sentence embeddings ``[N, hidden]`` of a frozen transformers text model: masked mean of its last layer.
+
+    This is the sentence-transformers pooling (all-MiniLM-L6-v2 and the other mean-pooled text towers).
+
+    Args:
+        model: A transformers encoder whose output has ``last_hidden_state``.
+        tokenizer: Its tokenizer.
+        texts: The texts; longer ones are truncated to ``max_length`` tokens.
+        max_length: Longest token sequence.
     """
-    if output.ndim == 4:
-        return output
-    patches = output[:, num_prefix_tokens:]
-    side = int(round(patches.shape[1] ** 0.5))
-    if side * side != patches.shape[1]:
-        raise ValueError(f"Cannot reshape {patches.shape[1]} patch tokens into a square grid")
-    return patches.transpose(1, 2).reshape(output.shape[0], -1, side, side)
+    device = next(model.parameters()).device
+    tokens = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
+                       return_tensors="pt").to(device)
+    return masked_mean(model(**tokens).last_hidden_state, tokens["attention_mask"])
 
 
 @contextmanager
 def capture_outputs(modules: list[nn.Module]) -> Iterator[list[torch.Tensor]]:
     """Record the output of each module (the first element of a tuple output) while the block runs.
+
+    The one feature-tap mechanism of the encoders: forward hooks on the tapped modules, so the towers run their own
+    ``forward`` unchanged and a module wrapped by an adapter is tapped after its adapter.
 
     Yields:
         A list filled, in the order of ``modules``, once the forward pass inside the block has run.

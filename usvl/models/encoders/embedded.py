@@ -12,7 +12,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from usvl.models.encoders.base import ImageFeatures, VisionLanguageEncoder
+from usvl.models.encoders.base import VisionLanguageEncoder
+from usvl.models.encoders.common import mean_pooled_text
 from usvl.models.encoders.registry import register_encoder
 from usvl.models.encoders.weights import EFFICIENTNET_LITE0, MINILM_L6_V2
 
@@ -70,15 +71,9 @@ class MiniLMTextTower(nn.Module):
         self.model.requires_grad_(False)
         self.model.eval()
 
-    @torch.no_grad()
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         """Mean-pooled token embeddings ``[N, 384]`` (not normalised)."""
-        device = next(self.model.parameters()).device
-        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                                return_tensors="pt").to(device)
-        hidden = self.model(**tokens).last_hidden_state
-        weights = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+        return mean_pooled_text(self.model, self.tokenizer, texts, self.max_length)
 
 
 MINILM_PARAMETERS = 22_713_216
@@ -125,6 +120,7 @@ class LiTEffNetMiniLM(VisionLanguageEncoder):
         self.pretrained = pretrained
         self.image_tower = build_efficientnet_lite0(pretrained)
         self._text_tower: list[MiniLMTextTower] = []
+        self.check_feature_taps()
         self.feature_dims = [EFFICIENTNET_LITE0_STAGE_CHANNELS[i] for i in self.feature_taps]
         pooled_dim = EFFICIENTNET_LITE0_HEAD_CHANNELS
         if multiscale:
@@ -160,19 +156,14 @@ class LiTEffNetMiniLM(VisionLanguageEncoder):
         """The image tower (its batch-norm statistics stay fixed) and the text tower."""
         return [self.image_tower]
 
-    def encode_image(self, images: torch.Tensor) -> ImageFeatures:
-        """Run the (adapted) image tower, tapping stage outputs."""
-        tower = self.image_tower
-        x = tower.bn1(tower.conv_stem(images))
-        maps = []
-        for index, stage in enumerate(tower.blocks):
-            x = stage(x)
-            if index in self.feature_taps:
-                maps.append(x)
-        head = tower.bn2(tower.conv_head(x))
-        pooled_maps = [head, *maps] if self.multiscale else [head]
-        pooled = torch.cat([self._pool(m) for m in pooled_maps], dim=1)
-        return ImageFeatures(global_embedding=self.image_projection(pooled), maps=maps, pooled=pooled)
+    def forward_image_tower(self, images: torch.Tensor) -> torch.Tensor:
+        """The (adapted) EfficientNet's own timm ``forward_features``: the head conv map ``[B, 1280, h, w]``."""
+        return self.image_tower.forward_features(images)
+
+    def pool_image(self, output: torch.Tensor, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Pool the head conv map (and, with ``multiscale``, the tapped stage maps) and concatenate them."""
+        pooled_maps = [output, *maps] if self.multiscale else [output]
+        return torch.cat([self._pool(m) for m in pooled_maps], dim=1)
 
     def _pool(self, feature_map: torch.Tensor) -> torch.Tensor:
         average = feature_map.mean(dim=(2, 3))

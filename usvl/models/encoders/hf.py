@@ -15,8 +15,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from usvl.models.encoders.base import ImageFeatures, VisionLanguageEncoder
-from usvl.models.encoders.common import capture_outputs, identity_linear, load_hf_pretrained, tokens_to_map
+from usvl.models.encoders.base import VisionLanguageEncoder
+from usvl.models.encoders.common import identity_linear, load_hf_pretrained
 from usvl.models.encoders.registry import register_encoder_family
 
 DEFAULT_STATS = {
@@ -28,7 +28,6 @@ DEFAULT_STATS = {
 def _pooled(output) -> torch.Tensor:
     """``get_*_features`` returns a tensor (transformers 4) or an output whose ``pooler_output`` it is (5)."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
-
 
 
 class HFCLIPEncoder(VisionLanguageEncoder):
@@ -56,6 +55,7 @@ class HFCLIPEncoder(VisionLanguageEncoder):
         embeddings = vision.embeddings
         self.num_prefix_tokens = int(getattr(embeddings, "num_positions", 0) - getattr(embeddings, "num_patches", 0))
         self.feature_taps = tuple(feature_taps)
+        self.check_feature_taps()
         self.feature_dims = [self.width] * len(self.feature_taps)
         config = self.model.config
         self.embed_dim = int(getattr(config, "projection_dim", 0) or config.text_config.hidden_size)
@@ -96,12 +96,9 @@ class HFCLIPEncoder(VisionLanguageEncoder):
         """The whole transformers model."""
         return [self.model]
 
-    def encode_image(self, images: torch.Tensor) -> ImageFeatures:
-        """Encode images; the tapped layers' patch tokens become maps ``[B, width, h, w]``."""
-        with capture_outputs([self.model.vision_model.encoder.layers[i] for i in self.feature_taps]) as tapped:
-            pooled = _pooled(self.model.get_image_features(pixel_values=images))
-        maps = [tokens_to_map(output, self.num_prefix_tokens) for output in tapped]
-        return ImageFeatures(global_embedding=self.image_projection(pooled), maps=maps, pooled=pooled)
+    def forward_image_tower(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's own projected image embedding ``[B, embed_dim]``."""
+        return _pooled(self.model.get_image_features(pixel_values=images))
 
     @torch.no_grad()
     def encode_text_raw(self, texts: Sequence[str]) -> torch.Tensor:

@@ -17,14 +17,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from usvl.models.encoders.base import ImageFeatures, VisionLanguageEncoder
-from usvl.models.encoders.common import (
-    capture_outputs,
-    load_hf_pretrained,
-    match_targets,
-    pointwise_convolutions,
-    tokens_to_map,
-)
+from usvl.models.encoders.base import VisionLanguageEncoder
+from usvl.models.encoders.common import load_hf_pretrained, match_targets, mean_pooled_text, pointwise_convolutions
 from usvl.models.encoders.registry import register_encoder_family
 from usvl.models.encoders.weights import MissingWeightsError
 
@@ -79,6 +73,7 @@ class TimmHFEncoder(VisionLanguageEncoder):
         self.text_tower, self.tokenizer, _ = load_hf_pretrained(text_model, cache_dir)
         self.feature_info = list(self.image_tower.feature_info)
         self.feature_taps = tuple(feature_taps)
+        self.check_feature_taps()
         self.feature_dims = [int(self.feature_info[i]["num_chs"]) for i in self.feature_taps]
         self.num_prefix_tokens = int(getattr(self.image_tower, "num_prefix_tokens", 0))
         self.embed_dim = embed_dim
@@ -111,22 +106,13 @@ class TimmHFEncoder(VisionLanguageEncoder):
         """Both towers."""
         return [self.image_tower, self.text_tower]
 
-    def encode_image(self, images: torch.Tensor) -> ImageFeatures:
-        """Run the image tower, tapping the chosen feature levels."""
-        with capture_outputs([self.get_submodule(self.adapter_points[i][0]) for i in self.feature_taps]) as tapped:
-            pooled = self.image_tower.forward_head(self.image_tower.forward_features(images), pre_logits=True)
-        maps = [tokens_to_map(output, self.num_prefix_tokens) for output in tapped]
-        return ImageFeatures(global_embedding=self.image_projection(pooled), maps=maps, pooled=pooled)
+    def forward_image_tower(self, images: torch.Tensor) -> torch.Tensor:
+        """The tower's own timm ``forward_features`` and pre-logits ``forward_head``: ``[B, num_features]``."""
+        return self.image_tower.forward_head(self.image_tower.forward_features(images), pre_logits=True)
 
-    @torch.no_grad()
     def encode_text_raw(self, texts: Sequence[str]) -> torch.Tensor:
         """Mean-pooled token embeddings of the frozen text model ``[N, hidden]``."""
-        device = next(self.text_tower.parameters()).device
-        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=128,
-                                return_tensors="pt").to(device)
-        hidden = self.text_tower(**tokens).last_hidden_state
-        weights = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return ((hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)).float()
+        return mean_pooled_text(self.text_tower, self.tokenizer, texts, max_length=128).float()
 
     def project_text(self, raw: torch.Tensor) -> torch.Tensor:
         """Trainable projection into the shared space."""

@@ -15,16 +15,20 @@ identity, sit on top, so the adapted model starts exactly at the pretrained CLIP
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from copy import deepcopy
+from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from usvl.models.encoders.base import ImageFeatures, VisionLanguageEncoder
-from usvl.models.encoders.common import capture_outputs, identity_linear, tokens_to_map
+from usvl.models.encoders.base import VisionLanguageEncoder
+from usvl.models.encoders.common import identity_linear
 from usvl.models.encoders.registry import register_encoder_family
+from usvl.models.encoders.vit import vit_num_prefix_tokens
 from usvl.models.encoders.weights import MissingWeightsError
 
 
@@ -45,9 +49,56 @@ def register_model_config(model: str) -> str:
     return path.stem
 
 
+def merge_config(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in recursively (nested mappings merge, other values replace)."""
+    merged = deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_config(merged[key], value)
+        else:
+            merged[key] = deepcopy(value)
+    return merged
+
+
+def config_overrides(model: str, overrides: Mapping[str, Any] | None, image_size: int | None) -> dict[str, Any]:
+    """Top-level open_clip config sections (``embed_dim``, ``vision_cfg``, ...) that replace the named model's.
+
+    Raises:
+        ValueError: ``overrides`` is given for a model whose config open_clip does not hold (a ``hf-hub:`` id).
+    """
+    if not overrides:
+        return {}
+    import open_clip
+
+    base = open_clip.get_model_config(model)
+    if base is None:
+        raise ValueError(f"model_config overrides need a registered open_clip config; '{model}' has none here")
+    merged = merge_config(base, overrides)
+    if image_size is not None:
+        merged["vision_cfg"]["image_size"] = image_size
+    return {key: merged[key] for key in overrides}
+
+
+@lru_cache(maxsize=8)
+def openclip_tokenizer(model: str, context_length: int):
+    """open_clip's tokenizer for ``model`` at ``context_length``, built once (the BPE vocabulary takes ~0.4 s)."""
+    import open_clip
+
+    return open_clip.get_tokenizer(model, context_length=context_length)
+
+
 def create_openclip_model(model: str, pretrained: str | None, cache_dir: str | None, image_size: int | None,
-                          allow_random: bool) -> nn.Module:
+                          allow_random: bool, model_config: Mapping[str, Any] | None = None) -> nn.Module:
     """Build an open_clip model, resolving weights from a local path, the cache, then the hub.
+
+    Args:
+        model: open_clip model name, ``hf-hub:`` id, or path of a model-config JSON file.
+        pretrained: Pretrained tag or local checkpoint file.
+        cache_dir: Weights cache folder.
+        image_size: Override of the input size.
+        allow_random: Allow random initialisation when no weights are named.
+        model_config: Overrides merged recursively into the model's open_clip config (e.g.
+            ``{"vision_cfg": {"layers": 2}}``).
 
     Raises:
         MissingWeightsError: No weights were requested (and random init is not allowed), or they cannot be found
@@ -56,7 +107,8 @@ def create_openclip_model(model: str, pretrained: str | None, cache_dir: str | N
     import open_clip
 
     model = register_model_config(model)
-    kwargs = {"cache_dir": cache_dir, "force_image_size": image_size}
+    kwargs = {"cache_dir": cache_dir, "force_image_size": image_size,
+              **config_overrides(model, model_config, image_size)}
     hub_model = model.startswith("hf-hub:")
     if pretrained is None and not hub_model:
         if not allow_random:
@@ -91,6 +143,8 @@ class OpenCLIPEncoder(VisionLanguageEncoder):
         cache_dir: Weights cache folder (default: the Hugging Face / open_clip cache).
         image_size: Override the model's input size (position embeddings are resized).
         allow_random: Allow random initialisation when no weights are named (tests only).
+        model_config: Overrides merged recursively into the model's open_clip config, e.g.
+            ``{"vision_cfg": {"layers": 2}}`` (a smaller random model of the same architecture, for tests).
     """
 
     def __init__(
@@ -102,26 +156,25 @@ class OpenCLIPEncoder(VisionLanguageEncoder):
         cache_dir: str | None = None,
         image_size: int | None = None,
         allow_random: bool = False,
+        model_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        import open_clip
-
-        self.model = create_openclip_model(model, pretrained, cache_dir, image_size, allow_random)
-        self.tokenizer = open_clip.get_tokenizer(register_model_config(model))
+        self.model = create_openclip_model(model, pretrained, cache_dir, image_size, allow_random, model_config)
+        self.tokenizer = openclip_tokenizer(register_model_config(model), int(self.model.context_length))
         self.feature_taps = tuple(feature_taps)
         visual = self.model.visual
         self.image_tower_path = "model.visual"
         if hasattr(visual, "trunk"):
             self._blocks_path, width = "model.visual.trunk.blocks", visual.trunk.embed_dim
-            self.num_prefix_tokens = int(getattr(visual.trunk, "num_prefix_tokens", 1))
             self.lora_targets = r"model\.visual\.trunk\.blocks\.\d+\.attn\.(?:qkv|proj)"
         elif hasattr(visual, "transformer"):
             self._blocks_path, width = "model.visual.transformer.resblocks", visual.transformer.width
-            self.num_prefix_tokens = 1
             self.lora_targets = r"model\.visual\.transformer\.resblocks\.\d+\.attn"
         else:
             raise ValueError(f"open_clip model '{model}' has no ViT image tower usvl can adapt")
+        self.num_prefix_tokens = vit_num_prefix_tokens(visual)
         self.width = width
+        self.check_feature_taps()
         self.feature_dims = [width] * len(self.feature_taps)
         self.embed_dim = int(self.model.text_projection.shape[-1]) if hasattr(self.model, "text_projection") \
             and self.model.text_projection is not None else int(self.model.visual.output_dim)
@@ -134,7 +187,8 @@ class OpenCLIPEncoder(VisionLanguageEncoder):
         self.text_projection = identity_linear(self.embed_dim)
         self.freeze_towers()
         self.train()
-        tag = hashlib.sha256(f"{model}|{pretrained}|{image_size}".encode()).hexdigest()[:12]
+        overrides = f"|{json.dumps(model_config, sort_keys=True)}" if model_config else ""
+        tag = hashlib.sha256(f"{model}|{pretrained}|{image_size}{overrides}".encode()).hexdigest()[:12]
         self.encoder_id = f"openclip/{model}@{tag}"
 
     @property
@@ -154,12 +208,9 @@ class OpenCLIPEncoder(VisionLanguageEncoder):
         """The whole open_clip model (both towers and CLIP's own projections)."""
         return [self.model]
 
-    def encode_image(self, images: torch.Tensor) -> ImageFeatures:
-        """Encode images; the tapped blocks' patch tokens become maps ``[B, width, h, w]``."""
-        with capture_outputs([self._blocks()[i] for i in self.feature_taps]) as tapped:
-            pooled = self.model.encode_image(images)
-        maps = [tokens_to_map(output, self.num_prefix_tokens) for output in tapped]
-        return ImageFeatures(global_embedding=self.image_projection(pooled), maps=maps, pooled=pooled)
+    def forward_image_tower(self, images: torch.Tensor) -> torch.Tensor:
+        """open_clip's own ``encode_image``: CLIP's image embedding ``[B, embed_dim]``."""
+        return self.model.encode_image(images)
 
     @torch.no_grad()
     def encode_text_raw(self, texts: Sequence[str]) -> torch.Tensor:

@@ -10,7 +10,17 @@ from usvl.models.encoders.base import VisionLanguageEncoder
 
 EncoderFactory = Callable[..., VisionLanguageEncoder]
 _ENCODERS: dict[str, EncoderFactory] = {}
-_FAMILIES: dict[str, Callable[..., VisionLanguageEncoder]] = {}
+_FAMILIES: dict[str, EncoderFactory] = {}
+
+
+def _registering(table: dict[str, EncoderFactory], key: str, kind: str) -> Callable[[EncoderFactory], EncoderFactory]:
+    def decorator(factory: EncoderFactory) -> EncoderFactory:
+        if key in table:
+            raise ValueError(f"{kind} '{key}' is already registered")
+        table[key] = factory
+        return factory
+
+    return decorator
 
 
 def register_encoder(name: str) -> Callable[[EncoderFactory], EncoderFactory]:
@@ -19,14 +29,7 @@ def register_encoder(name: str) -> Callable[[EncoderFactory], EncoderFactory]:
     Args:
         name: Registry key such as ``embedded/lit-effnet-minilm``.
     """
-
-    def decorator(factory: EncoderFactory) -> EncoderFactory:
-        if name in _ENCODERS:
-            raise ValueError(f"Encoder '{name}' is already registered")
-        _ENCODERS[name] = factory
-        return factory
-
-    return decorator
+    return _registering(_ENCODERS, name, "Encoder")
 
 
 def register_encoder_family(prefix: str) -> Callable[[EncoderFactory], EncoderFactory]:
@@ -35,14 +38,7 @@ def register_encoder_family(prefix: str) -> Callable[[EncoderFactory], EncoderFa
     The factory is called with the rest of the name as its first argument: ``openclip/ViT-B-16`` calls
     ``factory("ViT-B-16", **kwargs)``.
     """
-
-    def decorator(factory: EncoderFactory) -> EncoderFactory:
-        if prefix in _FAMILIES:
-            raise ValueError(f"Encoder family '{prefix}' is already registered")
-        _FAMILIES[prefix] = factory
-        return factory
-
-    return decorator
+    return _registering(_FAMILIES, prefix, "Encoder family")
 
 
 def list_encoders(pattern: str = "*") -> list[str]:

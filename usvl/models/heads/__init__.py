@@ -1,6 +1,7 @@
-"""Task heads: take ImageFeatures (+ text embeddings), return logits."""
+"""Task heads: take ImageFeatures (+ text embeddings), return logits; all built as ``HeadFactory`` says."""
 
 from usvl.models.heads.classification import PromptSimilarityHead, class_prototypes
+from usvl.models.heads.factory import HeadFactory
 from usvl.models.heads.segmentation import FiLM, MultiScaleSegmentationHead
 
-__all__ = ["FiLM", "MultiScaleSegmentationHead", "PromptSimilarityHead", "class_prototypes"]
+__all__ = ["FiLM", "HeadFactory", "MultiScaleSegmentationHead", "PromptSimilarityHead", "class_prototypes"]

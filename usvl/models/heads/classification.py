@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,8 @@ class PromptSimilarityHead(nn.Module):
     The class prototypes are the normalised means of the projected descriptions of each class.
 
     Args:
+        feature_dims: Channels of the encoder's tapped maps (unused: the head reads the pooled embedding; taken so
+            that every head is built the same way, see :class:`~usvl.models.heads.HeadFactory`).
         embed_dim: Width of the shared image-text space.
         num_classes: Number of classes (linked from the data module).
         linear: Add a linear classifier on the image embedding to the similarity logits.
@@ -26,6 +29,7 @@ class PromptSimilarityHead(nn.Module):
 
     def __init__(
         self,
+        feature_dims: Sequence[int],
         embed_dim: int,
         num_classes: int,
         linear: bool = True,

@@ -40,7 +40,6 @@ class FiLM(nn.Module):
 
     def __init__(self, embed_dim: int, channels: int) -> None:
         super().__init__()
-        self.channels = channels
         self.linear = nn.Linear(embed_dim, 2 * channels)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
@@ -74,6 +73,7 @@ class MultiScaleSegmentationHead(nn.Module):
     Args:
         feature_dims: Channels of the tapped maps, shallow to deep (the encoder's ``feature_dims``).
         embed_dim: Width of the shared image-text space (the text embedding given to ``forward``).
+        num_outputs: Logit channels per pixel (1 for binary lesion segmentation).
         decoder_dim: Channels of the fused feature pyramid.
         text_conditioning: ``film`` modulates the fused map with the text embedding; ``none`` ignores text.
         upsample_steps: Number of x2 upsampling stages after the fusion; ``log2`` of the stride of the shallowest
@@ -88,6 +88,7 @@ class MultiScaleSegmentationHead(nn.Module):
         self,
         feature_dims: Sequence[int],
         embed_dim: int,
+        num_outputs: int = 1,
         decoder_dim: int = 64,
         text_conditioning: Literal["none", "film"] = "film",
         upsample_steps: int = 2,
@@ -100,11 +101,11 @@ class MultiScaleSegmentationHead(nn.Module):
             raise ValueError("MultiScaleSegmentationHead needs at least one tapped feature map")
         if text_conditioning not in ("none", "film"):
             raise ValueError(f"text_conditioning must be 'none' or 'film', got {text_conditioning!r}")
+        if num_outputs < 1:
+            raise ValueError(f"num_outputs must be at least 1, got {num_outputs}")
         if not 0.0 < init_prior < 1.0:
             raise ValueError(f"init_prior must lie in (0, 1), got {init_prior}")
         self.feature_dims = list(feature_dims)
-        self.embed_dim = embed_dim
-        self.text_conditioning = text_conditioning
         self.lateral = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, decoder_dim, kernel_size=1, bias=False), _norm(decoder_dim, norm_groups))
             for c in self.feature_dims
@@ -121,7 +122,7 @@ class MultiScaleSegmentationHead(nn.Module):
             channels = out_channels
         self.upsample = nn.ModuleList(upsample)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.classifier = nn.Conv2d(channels, 1, kernel_size=1)
+        self.classifier = nn.Conv2d(channels, num_outputs, kernel_size=1)
         nn.init.constant_(self.classifier.bias, math.log(init_prior / (1.0 - init_prior)))
 
     @property
@@ -158,7 +159,7 @@ class MultiScaleSegmentationHead(nn.Module):
         text: torch.Tensor | None = None,
         output_size: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """Lesion logits ``[B, 1, H, W]``.
+        """Lesion logits ``[B, num_outputs, H, W]``.
 
         Args:
             features: Image features with ``maps`` shallow to deep.

@@ -1,4 +1,4 @@
-"""Metrics shared by tasks and notebooks: classification metric collections and segmentation metrics."""
+"""Classification metric collections: accuracy, AUROC, F1, sensitivity and specificity."""
 
 from __future__ import annotations
 
@@ -16,18 +16,7 @@ from torchmetrics.classification import (
     MulticlassSpecificity,
 )
 
-from usvl.segmentation_metrics import CASE_NAMES, SegmentationMetrics, asd, dice, hd95, iou, segmentation_scores
-
-__all__ = [
-    "CASE_NAMES",
-    "SegmentationMetrics",
-    "asd",
-    "classification_metrics",
-    "dice",
-    "hd95",
-    "iou",
-    "segmentation_scores",
-]
+__all__ = ["classification_metrics"]
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:

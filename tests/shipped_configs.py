@@ -1,0 +1,17 @@
+"""The shipped configs and how the tests compose them (experiment + trainer/smoke.yaml + data/tiny.yaml)."""
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+EXPERIMENTS = sorted(CONFIGS.glob("*.yaml"))
+DATASETS = sorted((CONFIGS / "datasets").glob("*.yaml"))
+MODEL_SECTIONS = sorted((CONFIGS / "paper" / "models").glob("*.yaml"))
+ENCODERS = sorted((CONFIGS / "encoders").glob("*.yaml"))
+ADAPTERS = sorted((CONFIGS / "adapters").glob("*.yaml"))
+
+
+def smoke(experiment: str) -> list[str]:
+    """Command-line arguments of the smoke run of ``configs/<experiment>.yaml``: a few steps on tiny 64 px data."""
+    return ["--config", str(CONFIGS / f"{experiment}.yaml"), "--config", str(CONFIGS / "trainer" / "smoke.yaml"),
+            "--config", str(CONFIGS / "data" / "tiny.yaml")]
