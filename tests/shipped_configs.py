@@ -7,6 +7,8 @@ CONFIGS = REPO / "configs"
 EXPERIMENTS = sorted(CONFIGS.glob("*.yaml"))
 DATASETS = sorted((CONFIGS / "datasets").glob("*.yaml"))
 MODEL_SECTIONS = sorted((CONFIGS / "paper" / "models").glob("*.yaml"))
+BASELINES = sorted((CONFIGS / "baselines").glob("*.yaml"))
+"""Model sections of the fully trained baselines (``usvl fit --config <experiment> --model <baseline>``)."""
 ENCODERS = sorted((CONFIGS / "encoders").glob("*.yaml"))
 ADAPTERS = sorted((CONFIGS / "adapters").glob("*.yaml"))
 

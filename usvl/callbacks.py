@@ -6,49 +6,20 @@ import csv
 import logging
 import sys
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, TextIO
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from usvl.data.decode import grey_array, open_image
 
 log = logging.getLogger(__name__)
-
-
-class ClassificationPredictionWriter(BasePredictionWriter):
-    """Write ``predictions.csv`` (image name, class probabilities, predicted class) after ``usvl predict``.
-
-    Args:
-        output_dir: Folder for the file; defaults to the run's log dir. An existing file is never overwritten:
-            the new one gets a numbered name.
-    """
-
-    def __init__(self, output_dir: str | None = None) -> None:
-        super().__init__(write_interval="epoch")
-        self.output_dir = output_dir
-
-    def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Any,
-                           batch_indices: Any) -> None:
-        """Write all predictions of the epoch as one CSV."""
-        folder = Path(self.output_dir or trainer.log_dir or ".")
-        folder.mkdir(parents=True, exist_ok=True)
-        path, index = folder / "predictions.csv", 0
-        while path.exists():
-            index += 1
-            path = folder / f"predictions-{index}.csv"
-        class_names = list(getattr(pl_module, "class_names", []))
-        batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
-        with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["name", *[f"p_{name}" for name in class_names], "prediction"])
-            for batch in batches:
-                for name, probabilities, predicted in zip(batch["name"], batch["probabilities"].tolist(),
-                                                          batch["prediction"].tolist(), strict=True):
-                    label = class_names[predicted] if class_names else predicted
-                    writer.writerow([name, *[f"{p:.6f}" for p in probabilities], label])
-        log.info("Predictions written to %s", path)
 
 
 def unique_folder(folder: Path) -> Path:
@@ -60,34 +31,216 @@ def unique_folder(folder: Path) -> Path:
     return candidate
 
 
-class SegmentationPredictionWriter(BasePredictionWriter):
-    """Write each predicted mask as a 0/255 PNG named like its image, after ``usvl predict``.
+def unique_file(folder: Path, stem: str, suffix: str = ".png") -> Path:
+    """``folder/<stem><suffix>``, or ``<stem>-1<suffix>``, ... when taken (two images may share a stem)."""
+    candidate, index = folder / f"{stem}{suffix}", 0
+    while candidate.exists():
+        index += 1
+        candidate = folder / f"{stem}-{index}{suffix}"
+    return candidate
+
+
+def load_original(path: str | Path) -> Image.Image:
+    """The image file at its own size and orientation, as 8-bit grey by the loader's rule, in RGB for drawing."""
+    image, _ = open_image(path)
+    with image:
+        return Image.fromarray(grey_array(image)).convert("RGB")
+
+
+def mask_at_size(probability: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
+    """Resize a lesion probability map ``[1, h, w]`` bilinearly to ``size`` (height, width) and threshold it.
+
+    Resizing the probabilities rather than the binary mask keeps the lesion border smooth at any size.
+
+    Returns:
+        ``bool [height, width]``.
+    """
+    resized = F.interpolate(probability[None].float(), size=tuple(int(s) for s in size), mode="bilinear",
+                            align_corners=False)
+    return (resized[0, 0] > threshold).numpy()
+
+
+def draw_overlay(image: Image.Image, text: str, mask: np.ndarray | None = None) -> Image.Image:
+    """The image with the mask's contour in red (when given) and ``text`` in its top-left corner (Pillow only)."""
+    side = min(image.size)
+    if mask is not None and mask.any():
+        width = 3 if side < 512 else 5 if side < 1500 else 9
+        edges = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.FIND_EDGES)
+        edges = edges.filter(ImageFilter.MaxFilter(width))
+        image.paste((255, 40, 40), mask=edges)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=max(10, side // 20))
+    left, top, right, bottom = draw.textbbox((4, 4), text, font=font)
+    draw.rectangle((0, 0, right + 4, bottom + 4), fill=(0, 0, 0))
+    draw.text((4, 4), text, fill=(255, 255, 80), font=font)
+    return image
+
+
+def batch_sources(batch: Any) -> tuple[list[str], list[tuple[int, int]]]:
+    """The image paths and original ``(height, width)`` sizes of a prediction batch.
+
+    Raises:
+        KeyError: The batch lacks ``path`` or ``original_size``; predict with a usvl data module (its ``predict``
+            batches carry both).
+    """
+    missing = [key for key in ("path", "original_size") if key not in batch]
+    if missing:
+        raise KeyError(f"The prediction batch has no {missing}: predict with a usvl data module (e.g. --data "
+                       "usvl.data.FolderDataModule --data.root FOLDER), whose predict batches carry them")
+    return list(batch["path"]), [(int(h), int(w)) for h, w in batch["original_size"].tolist()]
+
+
+class PredictionWriter(BasePredictionWriter, ABC):
+    """Write ``usvl predict`` results batch by batch into a new folder: ``predictions.csv`` and ``overlays/``.
+
+    The folder is ``<output_dir>/predictions`` (``predictions-1``, ... if it exists), so earlier predictions are
+    never overwritten. Rows are appended and flushed per batch and nothing is kept per image, so memory stays flat
+    over any number of images. Subclasses define the CSV header and what each batch writes.
 
     Args:
-        output_dir: Parent folder; defaults to the run's log dir. Masks go into a new ``predictions`` folder
-            (``predictions-1``, ... if it exists), so earlier predictions are never overwritten.
+        output_dir: Parent folder; defaults to the run's log dir.
+        overlays: Also write ``overlays/<image stem>.png``: the original image with the prediction drawn on it.
     """
 
-    def __init__(self, output_dir: str | None = None) -> None:
+    def __init__(self, output_dir: str | None = None, overlays: bool = True) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
+        self.overlays = overlays
         self.folder: Path | None = None
+        self.count = 0
+        self._handle: TextIO | None = None
+        self._csv: Any = None
+
+    @abstractmethod
+    def header(self, pl_module: pl.LightningModule) -> list[str]:
+        """The CSV's column names."""
+
+    @abstractmethod
+    def batch_rows(self, pl_module: pl.LightningModule, prediction: Any, batch: Any) -> list[list[Any]]:
+        """Write the batch's files and return its CSV rows (one per image)."""
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Choose a fresh output folder for this prediction run."""
+        """Choose a fresh output folder and start its CSV."""
         self.folder = unique_folder(Path(self.output_dir or trainer.log_dir or ".") / "predictions")
         self.folder.mkdir(parents=True)
+        if self.overlays:
+            (self.folder / "overlays").mkdir()
+        self.count = 0
+        self._handle = (self.folder / "predictions.csv").open("w", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._handle)
+        self._csv.writerow(self.header(pl_module))
 
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
-        """Save the batch's masks."""
-        for name, mask in zip(prediction["name"], prediction["mask"], strict=True):
-            array = (mask.squeeze().cpu().numpy() > 0).astype(np.uint8) * 255
-            Image.fromarray(array).save(self.folder / f"{Path(name).stem}.png")
+        """Write the batch's files and append its rows to the CSV."""
+        rows = self.batch_rows(pl_module, prediction, batch)
+        self._csv.writerows(rows)
+        self._handle.flush()
+        self.count += len(rows)
+
+    def overlay(self, path: str, name: str, text: str, mask: np.ndarray | None = None) -> str:
+        """Write the overlay of one image; returns its path relative to the output folder ("" when off)."""
+        if not self.overlays:
+            return ""
+        target = unique_file(self.folder / "overlays", Path(name).stem)
+        draw_overlay(load_original(path), text, mask).save(target)
+        return target.relative_to(self.folder).as_posix()
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Say where the masks went."""
-        log.info("Predicted masks written to %s", self.folder)
+        """Close the CSV and say where the predictions went."""
+        self._close()
+        log.info("Predictions of %d images written to %s", self.count, self.folder)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Close the CSV also when prediction stopped with an error (what was written stays)."""
+        self._close()
+
+    def _close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+class ClassificationPredictionWriter(PredictionWriter):
+    """``predictions.csv`` (image name, class probabilities, predicted class) and an overlay per image.
+
+    The overlay is the original image with the predicted class and its probability. See :class:`PredictionWriter`
+    for the folder and the arguments.
+    """
+
+    def header(self, pl_module: pl.LightningModule) -> list[str]:
+        """``name``, ``p_<class>`` per class, ``prediction``."""
+        return ["name", *[f"p_{name}" for name in self.class_names(pl_module)], "prediction"]
+
+    @staticmethod
+    def class_names(pl_module: pl.LightningModule) -> list[str]:
+        """The model's class names in label order."""
+        return [str(name) for name in getattr(pl_module, "class_names", [])]
+
+    def batch_rows(self, pl_module: pl.LightningModule, prediction: Any, batch: Any) -> list[list[Any]]:
+        """One row per image; the overlay shows the predicted class and its probability."""
+        class_names = self.class_names(pl_module)
+        paths = batch_sources(batch)[0] if self.overlays else [""] * len(prediction["name"])
+        rows = []
+        for name, path, probabilities, predicted in zip(prediction["name"], paths, prediction["probabilities"].tolist(),
+                                                        prediction["prediction"].tolist(), strict=True):
+            label = class_names[predicted] if class_names else str(predicted)
+            self.overlay(path, name, f"{label} p={probabilities[predicted]:.2f}")
+            rows.append([name, *[f"{p:.6f}" for p in probabilities], label])
+        return rows
+
+
+class SegmentationPredictionWriter(PredictionWriter):
+    """Each lesion mask as a 0/255 PNG at the image's original size, an overlay, and a CSV row per image.
+
+    The mask is the model's lesion probability map resized (bilinear) to the image's original size and thresholded
+    at the model's ``threshold``; it is named like the image (``<stem>.png``, ``<stem>-1.png`` when two images share
+    a stem). The overlay draws the mask's contour and the lesion probability on the original image.
+    ``predictions.csv`` has ``name, width, height, p_lesion`` (the highest pixel probability), ``prediction``
+    (``lesion`` or ``no lesion``, as the mask), ``lesion_area_px`` and ``lesion_area_mm2`` at the original size,
+    and the ``mask`` and ``overlay`` files. See :class:`PredictionWriter` for the folder.
+
+    Args:
+        output_dir: Parent folder; defaults to the run's log dir.
+        overlays: Also write the overlays.
+        pixel_spacing_mm: Size of one pixel of the original images in mm, for ``lesion_area_mm2`` (one value for all
+            images; the manifest has no spacing). None: that column stays empty.
+
+    Raises:
+        ValueError: ``pixel_spacing_mm`` is not positive.
+    """
+
+    def __init__(self, output_dir: str | None = None, overlays: bool = True,
+                 pixel_spacing_mm: float | None = None) -> None:
+        super().__init__(output_dir, overlays)
+        if pixel_spacing_mm is not None and not pixel_spacing_mm > 0:
+            raise ValueError(f"pixel_spacing_mm must be positive, got {pixel_spacing_mm}")
+        self.pixel_spacing_mm = pixel_spacing_mm
+
+    def header(self, pl_module: pl.LightningModule) -> list[str]:
+        """The CSV's columns (see the class docstring)."""
+        return ["name", "width", "height", "p_lesion", "prediction", "lesion_area_px", "lesion_area_mm2", "mask",
+                "overlay"]
+
+    def batch_rows(self, pl_module: pl.LightningModule, prediction: Any, batch: Any) -> list[list[Any]]:
+        """Write each image's mask and overlay; one row per image."""
+        if "probability" not in prediction:
+            raise KeyError("The segmentation predict_step returned no 'probability' (lesion probability map)")
+        paths, sizes = batch_sources(batch)
+        threshold = float(getattr(pl_module, "threshold", 0.5))
+        rows = []
+        for name, path, size, probability in zip(prediction["name"], paths, sizes, prediction["probability"],
+                                                 strict=True):
+            mask = mask_at_size(probability, size, threshold)
+            target = unique_file(self.folder, Path(name).stem)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(target)
+            area = int(mask.sum())
+            p_lesion = float(probability.max())
+            label = "lesion" if area else "no lesion"
+            overlay = self.overlay(path, name, f"{label} p={p_lesion:.2f} area={area}px", mask)
+            area_mm2 = f"{area * self.pixel_spacing_mm ** 2:.3f}" if self.pixel_spacing_mm is not None else ""
+            rows.append([name, size[1], size[0], f"{p_lesion:.6f}", label, area, area_mm2, target.name, overlay])
+        return rows
 
 
 def format_duration(seconds: float) -> str:

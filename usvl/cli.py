@@ -30,9 +30,10 @@ log = logging.getLogger("usvl")
 DESCRIPTION = (
     "usvl: adapt frozen vision-language models to ultrasound classification and segmentation. "
     "Training and evaluation: usvl fit | validate | test | predict --config CONFIG.yaml (Lightning subcommands, "
-    "below). Datasets: usvl data generate | check ... (usvl data --help)."
+    "below). Datasets: usvl data generate | check ... (usvl data --help). Text: usvl text refine ... (LLM "
+    "refinement with provenance; usvl text --help)."
 )
-"""Help text of the top-level ``usvl`` parser: the Lightning subcommands and ``usvl data``."""
+"""Help text of the top-level ``usvl`` parser: the Lightning subcommands, ``usvl data`` and ``usvl text``."""
 
 
 def console_trainer_kwargs(trainer_config: Mapping[str, Any], stream: Any = None) -> dict[str, Any]:
@@ -94,15 +95,51 @@ class USVLCLI(LightningCLI):
                  "best_val_score": to_builtin(getattr(checkpoint, "best_model_score", None))}
         self._report(results, extra)
 
+    def before_instantiate_classes(self) -> None:
+        """For ``predict``, build the data module (and through the links the model) with the checkpoint's classes.
+
+        Prediction reads no labels, so the classes trained on hold whatever the data config says (e.g. the
+        three breast classes when a folder module's default is two).
+        """
+        if self.subcommand != "predict":
+            return
+        stored = self._checkpoint_class_names()
+        data = self.config.get("predict", {}).get("data")
+        init_args = data.get("init_args") if data is not None and hasattr(data, "get") else None
+        if stored and init_args is not None and "class_names" in init_args:
+            init_args["class_names"] = list(stored)
+
     def before_test(self) -> None:
         """Take the class names stored in the checkpoint, so a test set's labels map to the classes trained on."""
-        ckpt_path = self.config_init.get(self.subcommand, {}).get("ckpt_path")
+        self._use_checkpoint_classes()
+
+    def before_predict(self) -> None:
+        """Take the class names stored in the checkpoint, so predictions are named by the classes trained on."""
+        self._use_checkpoint_classes()
+
+    def predict(self, **kwargs: Any) -> Any:
+        """``trainer.predict`` keeping no predictions in memory unless ``--return_predictions true`` is given.
+
+        The prediction writers write every batch as it comes, so memory stays flat over any number of images.
+        """
+        kwargs["return_predictions"] = bool(kwargs.get("return_predictions"))
+        return self.trainer.predict(**kwargs)
+
+    def _checkpoint_class_names(self) -> list[str] | None:
+        """The class names stored in the subcommand's ``ckpt_path`` (None without a checkpoint file or names)."""
+        config = self.config_init if hasattr(self, "config_init") else self.config
+        ckpt_path = config.get(self.subcommand, {}).get("ckpt_path")
         if not ckpt_path or not Path(str(ckpt_path)).is_file():
-            return
+            return None
         import torch
 
         stored = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("usvl", {}).get("class_names")
+        return [str(name) for name in stored] if stored else None
+
+    def _use_checkpoint_classes(self) -> None:
+        stored = self._checkpoint_class_names()
         if stored and hasattr(self.datamodule, "use_class_names"):
+            ckpt_path = self.config_init.get(self.subcommand, {}).get("ckpt_path")
             self.datamodule.use_class_names(stored, f"checkpoint {ckpt_path}")
             if list(getattr(self.model, "class_names", stored)) != list(stored):
                 self.model.set_classes(len(stored), stored)
@@ -148,15 +185,23 @@ def run_lightning(args: ArgsType = None) -> USVLCLI:
 
 
 def main(args: ArgsType = None) -> int | None:
-    """Entry point of the ``usvl`` console script; returns the exit code of ``usvl data``."""
+    """Entry point of the ``usvl`` console script; returns the exit code of ``usvl data`` or ``usvl text``."""
     argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The frozen towers are in eval mode on purpose (fixed batch-norm statistics); Lightning warns about it.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # `usvl predict` streams an IterableDataset that shards its rows across workers itself and has a true length;
+    # the prediction writers need no batch indices. Lightning warns about both.
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+    warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices fetched from your dataloader")
     configure_threads()
     if argv and argv[0] == "data":
         from usvl.data.cli import data_main
 
         return data_main(argv[1:])
+    if argv and argv[0] == "text":
+        from usvl.text.cli import text_main
+
+        return text_main(argv[1:])
     run_lightning(args)
     return None

@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from usvl.data.dataset import BAD_FILE_POLICIES, UltrasoundDataset
+from usvl.data.dataset import BAD_FILE_POLICIES, StreamingImageDataset, UltrasoundDataset
 from usvl.data.decode import default_threads
 from usvl.data.duplicates import (
     DEFAULT_THRESHOLD,
@@ -50,13 +50,17 @@ class UltrasoundDataModule(pl.LightningDataModule):
     """Base data module; subclasses implement :meth:`read_manifest` for one on-disk layout.
 
     :meth:`setup` runs, once: read the manifest (see :mod:`usvl.data.manifest`) -> validate it (files exist,
-    labels in range, masks present for segmentation; ``on_bad_file`` decides) -> assign the missing splits (grouped
-    by patient, each duplicate image group counting as one patient, stratified by label, official splits kept; see
-    :mod:`usvl.data.splits`) or apply ``split_file`` -> take the ``few_shot`` subset of the training split -> build
-    the datasets of the stage -> warn about duplicate images across splits (possible only with given splits).
-    The splits used are written as ``splits.csv`` into the trainer's log folder (when a logger is attached) and to
-    ``split_file`` (when given and absent), never overwriting a different file; the duplicate groups merged into
-    patients as ``duplicate_groups.csv`` beside it.
+    labels in range, masks present for segmentation, except for ``predict``; ``on_bad_file`` decides) -> assign the
+    missing splits (grouped by patient, each duplicate image group counting as one patient, stratified by label,
+    official splits kept; see :mod:`usvl.data.splits`) or apply ``split_file`` -> take the ``few_shot`` subset of
+    the training split -> build the datasets of the stage -> warn about duplicate images across splits (possible
+    only with given splits). The splits used are written as ``splits.csv`` into the trainer's log folder (when a
+    logger is attached) and to ``split_file`` (when given and absent), never overwriting a different file; the
+    duplicate groups merged into patients as ``duplicate_groups.csv`` beside it.
+
+    ``predict`` needs neither labels nor masks and streams its images
+    (:class:`~usvl.data.dataset.StreamingImageDataset`: decoded one at a time, each batch carrying the images' paths
+    and original sizes), so a folder of new images of any size predicts with flat memory.
 
     Only the splits a stage uses must be non-empty: ``usvl test`` runs on a dataset that holds only test images
     (an external test set). A dataset without any split (and no ``split_file``) is split as for ``fit`` unless
@@ -151,6 +155,7 @@ class UltrasoundDataModule(pl.LightningDataModule):
         self.eval_unsplit = eval_unsplit
         self.duplicate_patients: pd.DataFrame = pd.DataFrame(columns=list(GROUP_COLUMNS))
         self.datasets: dict[str, UltrasoundDataset] = {}
+        self.predict_dataset: StreamingImageDataset | None = None
         self.manifest: pd.DataFrame | None = None
         self.split_manifest: pd.DataFrame | None = None
         self.skipped: list[tuple[str, str]] = []
@@ -189,11 +194,12 @@ class UltrasoundDataModule(pl.LightningDataModule):
         :mod:`usvl.data.manifest` for the contract.
         """
 
-    def validate_manifest(self, manifest: pd.DataFrame) -> pd.DataFrame:
+    def validate_manifest(self, manifest: pd.DataFrame, stage: str | None = None) -> pd.DataFrame:
         """Check the manifest's columns, names, files, masks and labels; raise or drop per ``on_bad_file``.
 
         Checked per image: the image file exists; for segmentation a mask is listed and its files exist; for
         classification the label is in ``[0, num_classes)``. Decoding problems are found later, by the dataset.
+        For ``stage="predict"`` only the image files are checked (prediction needs no masks and no labels).
 
         Returns:
             The normalised manifest (see :func:`usvl.data.manifest.normalise_manifest`), without the bad rows under
@@ -222,6 +228,8 @@ class UltrasoundDataModule(pl.LightningDataModule):
                 problems.append((position, name, "no image path"))
             elif not Path(image[0]).is_file():
                 problems.append((position, name, f"image file missing: {image[0]}"))
+            if stage == "predict":
+                continue
             if self.task == "segmentation":
                 masks = cell_paths(row.mask)
                 absent = [m for m in masks if not Path(m).is_file()]
@@ -272,7 +280,7 @@ class UltrasoundDataModule(pl.LightningDataModule):
         """
         if self.manifest is not None:
             return self.manifest
-        manifest = self.validate_manifest(self.read_manifest())
+        manifest = self.validate_manifest(self.read_manifest(), stage)
         needed = self.stage_splits(stage)
         split_path = Path(self.split_file) if self.split_file else None
         if split_path is not None and split_path.is_file():
@@ -371,6 +379,10 @@ class UltrasoundDataModule(pl.LightningDataModule):
             if folder is not None and folder not in self._saved_split_dirs:
                 self.save_splits(folder)
                 self._saved_split_dirs.add(folder)
+        if stage == "predict":
+            rows = manifest[manifest["split"] == self.predict_split].reset_index(drop=True)
+            self.predict_dataset = StreamingImageDataset(rows, self.image_size, on_bad_file=self.on_bad_file)
+            return
         built = False
         for split in self.stage_splits(stage):
             if split not in self.datasets:
@@ -412,12 +424,15 @@ class UltrasoundDataModule(pl.LightningDataModule):
                         self.image_size, "\n".join(lines))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return self._dataloader(self.datasets[split], shuffle)
+
+    def _dataloader(self, dataset: UltrasoundDataset | StreamingImageDataset, shuffle: bool) -> DataLoader:
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
+            drop_last=shuffle and len(dataset) > self.batch_size,
             persistent_workers=self.num_workers > 0,
         )
 
@@ -434,8 +449,10 @@ class UltrasoundDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """Batches of the ``predict_split``."""
-        return self._loader(self.predict_split, shuffle=False)
+        """Streamed batches of the ``predict_split`` (see :class:`~usvl.data.dataset.StreamingImageDataset`)."""
+        if self.predict_dataset is None:
+            self.setup("predict")
+        return self._dataloader(self.predict_dataset, shuffle=False)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Apply the batched augmentation to training batches only."""

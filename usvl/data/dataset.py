@@ -1,4 +1,4 @@
-"""A map-style dataset over a manifest, with images decoded and resized once into memory (and onto disk)."""
+"""Datasets over a manifest: decoded and resized once into memory (and onto disk), or streamed for prediction."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from usvl.data.decode import check_mask_size, decode_image, decode_mask
 from usvl.data.decode_cache import DecodeCache, DecodedSplit
-from usvl.data.manifest import is_empty
+from usvl.data.manifest import cell_paths, is_empty
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +153,65 @@ def _decode_split(names: list[str], images: list[Any], masks: list[Any], size: i
         mask_out = mask_out[kept] if mask_out is not None else None
     skipped = [(names[i], reasons[i]) for i in sorted(reasons)]
     return DecodedSplit(image_out, mask_out, kept, [names[i] for i in kept], skipped)
+
+
+class StreamingImageDataset(IterableDataset):
+    """The images of a manifest, decoded one at a time while iterating (no masks, no labels needed): for ``predict``.
+
+    Nothing is kept per image, so memory stays flat however many images there are. Each item is a dict with
+    ``image`` (``uint8 [1, S, S]``), ``label`` (``long``, -1 when unknown), ``name``, ``path`` (the image file)
+    and ``original_size`` (``long [2]``: height and width of the file after EXIF orientation), so a prediction can be
+    written back at the image's own size. With several DataLoader workers, worker ``k`` of ``n`` takes rows
+    ``k, k + n, ...``.
+
+    Args:
+        manifest: Rows with columns ``name``, ``image`` and optionally ``label``.
+        size: Side length images are resized to (by :func:`usvl.data.decode.decode_image`, as for training).
+        on_bad_file: ``"error"``: an unreadable or missing image raises, naming the file. ``"skip"``: it is left
+            out with a warning naming it.
+
+    Raises:
+        ValueError: ``on_bad_file`` is unknown.
+    """
+
+    def __init__(self, manifest: pd.DataFrame, size: int, on_bad_file: Literal["error", "skip"] = "error") -> None:
+        if on_bad_file not in BAD_FILE_POLICIES:
+            raise ValueError(f"on_bad_file must be one of {BAD_FILE_POLICIES}, not {on_bad_file!r}")
+        self.names = [str(name) for name in manifest["name"].tolist()]
+        self.paths = [next(iter(cell_paths(cell)), "") for cell in manifest["image"].tolist()]
+        labels = manifest["label"] if "label" in manifest.columns else pd.Series([-1] * len(self.names))
+        self.labels = labels.fillna(-1).astype(int).tolist()
+        self.size = size
+        self.on_bad_file = on_bad_file
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self):
+        worker = get_worker_info()
+        start, step = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        for index in range(start, len(self.names), step):
+            item = self.item(index)
+            if item is not None:
+                yield item
+
+    def item(self, index: int) -> dict | None:
+        """Decode row ``index``; ``None`` for a bad file under ``on_bad_file="skip"`` (logged).
+
+        Raises:
+            FileNotFoundError: The image is missing (``on_bad_file="error"``).
+            ValueError: The image cannot be decoded (``on_bad_file="error"``); the message names the file.
+        """
+        path = self.paths[index]
+        try:
+            if not path:
+                raise FileNotFoundError(f"No image path for {self.names[index]}")
+            decoded = decode_image(path, self.size)
+        except (ValueError, OSError) as error:
+            if self.on_bad_file == "error":
+                raise
+            log.warning("Skipped %s (on_bad_file='skip'): %s", self.names[index], error)
+            return None
+        width, height = decoded.source_size
+        return {"image": torch.tensor(decoded.array[None]), "label": torch.tensor(self.labels[index]),
+                "name": self.names[index], "path": path, "original_size": torch.tensor([height, width])}

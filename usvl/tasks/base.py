@@ -69,6 +69,9 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
     progress_bar_metrics: tuple[str, ...] | None = None
     """Validation metrics shown in the progress bar (names without the stage prefix); ``None`` shows all."""
 
+    uses_text: bool = True
+    """Whether the head reads the class text; without it the ``TextEmbeddingCache`` callback encodes nothing."""
+
     def __init__(
         self,
         encoder: VisionLanguageEncoder,

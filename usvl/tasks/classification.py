@@ -22,7 +22,8 @@ class ClassificationTask(AdaptedEncoderTask):
 
     Args:
         encoder: The vision-language encoder.
-        head: Head factory called as ``head(feature_dims, embed_dim, num_classes)``, e.g. ``PromptSimilarityHead``.
+        head: Head factory called as ``head(feature_dims, embed_dim, num_classes)``, e.g. ``PromptSimilarityHead``;
+            a head with ``uses_text = False`` gets ``None`` instead of the class prototypes.
         num_classes: Number of classes (linked from the data module).
         class_names: Class names in label order (linked from the data module).
         adapter: How to adapt the image tower.
@@ -57,6 +58,7 @@ class ClassificationTask(AdaptedEncoderTask):
                                           "loss"])
         self.set_classes(num_classes, class_names)
         self.head = head(list(encoder.feature_dims), encoder.embed_dim, num_classes)
+        self.uses_text = bool(getattr(self.head, "uses_text", True))
         self.label_smoothing = label_smoothing
         self.test_time_flip = test_time_flip
         self.configure_task(loss)
@@ -72,7 +74,7 @@ class ClassificationTask(AdaptedEncoderTask):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits ``[B, K]`` for a batch of images."""
         features = self.encoder.encode_image(self.prepare_images(images))
-        return self.head(features, self.class_text())
+        return self.head(features, self.class_text() if self.uses_text else None)
 
     def predict_probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``[B, K]``, averaged with the mirrored image when ``test_time_flip`` is on."""

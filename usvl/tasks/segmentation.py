@@ -148,9 +148,10 @@ class SegmentationTask(AdaptedEncoderTask):
         return StepOutput(self.loss(logits, masks), self.predict_masks(logits), masks, {"spacing": self._spacing()})
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Image names and predicted masks (``uint8`` 0/1, ``[B, 1, H, W]`` at the image size)."""
+        """Image names, predicted masks (``uint8`` 0/1) and lesion probabilities, ``[B, 1, H, W]`` at the image size."""
         logits = self(batch["image"])
-        return {"name": batch["name"], "mask": self.predict_masks(logits).to(torch.uint8).cpu()}
+        return {"name": batch["name"], "mask": self.predict_masks(logits).to(torch.uint8).cpu(),
+                "probability": logits.detach().float().sigmoid().cpu()}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Also record the lesion classes the text vector was built from."""

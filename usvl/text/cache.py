@@ -42,7 +42,10 @@ class TextEmbeddingCache(Callback):
         self.last_hit: bool | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Load or compute the embeddings and give them to the module."""
+        """Load or compute the embeddings and give them to the module; nothing when its head uses no text."""
+        if not getattr(pl_module, "uses_text", True):
+            log.info("Class descriptions not encoded: the model's head uses no class text")
+            return
         class_names = list(getattr(pl_module, "class_names", None) or trainer.datamodule.class_names)
         descriptions = load_descriptions(self.descriptions)
         texts = descriptions.for_classes(class_names)
