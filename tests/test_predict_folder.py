@@ -150,6 +150,20 @@ def test_streaming_dataset_skips_or_names_a_bad_file(new_images, tmp_path):
     assert kept == sorted(SIZES)
 
 
+def test_streamed_batches_match_the_loader_length_with_several_workers(tmp_path):
+    # Lightning runs len(loader) = ceil(rows / batch) predict batches; every row must be in one of them.
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(20):
+        Image.fromarray(np.full((24, 30), index * 10, dtype=np.uint8)).save(folder / f"img{index:02d}.png")
+    manifest = FolderDataModule(root=str(tmp_path)).read_manifest()
+    loader = torch.utils.data.DataLoader(StreamingImageDataset(manifest, 16, block_size=8), batch_size=8,
+                                         num_workers=2)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 3
+    assert sorted(name for batch in batches for name in batch["name"]) == sorted(manifest["name"])
+
+
 def test_mask_is_resized_from_the_probabilities_not_the_binary_mask():
     probability = torch.zeros(1, 4, 4)
     probability[0, 1:3, 1:3] = 0.6  # a blob: resized probabilities are smooth, so the mask is rounded

@@ -381,7 +381,8 @@ class UltrasoundDataModule(pl.LightningDataModule):
                 self._saved_split_dirs.add(folder)
         if stage == "predict":
             rows = manifest[manifest["split"] == self.predict_split].reset_index(drop=True)
-            self.predict_dataset = StreamingImageDataset(rows, self.image_size, on_bad_file=self.on_bad_file)
+            self.predict_dataset = StreamingImageDataset(rows, self.image_size, on_bad_file=self.on_bad_file,
+                                                         block_size=self.eval_batch_size)
             return
         built = False
         for split in self.stage_splits(stage):

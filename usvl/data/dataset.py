@@ -161,22 +161,29 @@ class StreamingImageDataset(IterableDataset):
     Nothing is kept per image, so memory stays flat however many images there are. Each item is a dict with
     ``image`` (``uint8 [1, S, S]``), ``label`` (``long``, -1 when unknown), ``name``, ``path`` (the image file)
     and ``original_size`` (``long [2]``: height and width of the file after EXIF orientation), so a prediction can be
-    written back at the image's own size. With several DataLoader workers, worker ``k`` of ``n`` takes rows
-    ``k, k + n, ...``.
+    written back at the image's own size. With several DataLoader workers, worker ``k`` of ``n`` takes the blocks of
+    ``block_size`` rows numbered ``k, k + n, ...``: with ``block_size`` equal to the loader's batch size every batch
+    is one block, so the loader yields exactly ``ceil(len / batch_size)`` batches (the count Lightning expects from
+    ``len``; row-wise sharding would leave a short batch per worker and Lightning would stop before the last rows).
 
     Args:
         manifest: Rows with columns ``name``, ``image`` and optionally ``label``.
         size: Side length images are resized to (by :func:`usvl.data.decode.decode_image`, as for training).
         on_bad_file: ``"error"``: an unreadable or missing image raises, naming the file. ``"skip"``: it is left
             out with a warning naming it.
+        block_size: Rows per worker block; set it to the loader's batch size.
 
     Raises:
-        ValueError: ``on_bad_file`` is unknown.
+        ValueError: ``on_bad_file`` is unknown, or ``block_size`` < 1.
     """
 
-    def __init__(self, manifest: pd.DataFrame, size: int, on_bad_file: Literal["error", "skip"] = "error") -> None:
+    def __init__(self, manifest: pd.DataFrame, size: int, on_bad_file: Literal["error", "skip"] = "error",
+                 block_size: int = 1) -> None:
         if on_bad_file not in BAD_FILE_POLICIES:
             raise ValueError(f"on_bad_file must be one of {BAD_FILE_POLICIES}, not {on_bad_file!r}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be at least 1, not {block_size}")
+        self.block_size = block_size
         self.names = [str(name) for name in manifest["name"].tolist()]
         self.paths = [next(iter(cell_paths(cell)), "") for cell in manifest["image"].tolist()]
         labels = manifest["label"] if "label" in manifest.columns else pd.Series([-1] * len(self.names))
@@ -189,11 +196,13 @@ class StreamingImageDataset(IterableDataset):
 
     def __iter__(self):
         worker = get_worker_info()
-        start, step = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-        for index in range(start, len(self.names), step):
-            item = self.item(index)
-            if item is not None:
-                yield item
+        worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        blocks = range(worker_id * self.block_size, len(self.names), workers * self.block_size)
+        for first in blocks:
+            for index in range(first, min(first + self.block_size, len(self.names))):
+                item = self.item(index)
+                if item is not None:
+                    yield item
 
     def item(self, index: int) -> dict | None:
         """Decode row ``index``; ``None`` for a bad file under ``on_bad_file="skip"`` (logged).
