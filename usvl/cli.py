@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -58,6 +59,20 @@ def console_trainer_kwargs(trainer_config: Mapping[str, Any], stream: Any = None
     if not any(isinstance(callback, EpochSummary) for callback in callbacks):
         callbacks.append(EpochSummary())
     return {"enable_progress_bar": False, "callbacks": callbacks}
+
+
+@functools.lru_cache(maxsize=4)
+def stored_class_names(ckpt_path: str, mtime_ns: int) -> list[str] | None:
+    """The class names a usvl checkpoint stores (``checkpoint["usvl"]["class_names"]``), read once per file version.
+
+    Args:
+        ckpt_path: The checkpoint file.
+        mtime_ns: Its modification time, part of the cache key so a rewritten file is read again.
+    """
+    import torch
+
+    stored = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("usvl", {}).get("class_names")
+    return [str(name) for name in stored] if stored else None
 
 
 class USVLCLI(LightningCLI):
@@ -125,22 +140,22 @@ class USVLCLI(LightningCLI):
         kwargs["return_predictions"] = bool(kwargs.get("return_predictions"))
         return self.trainer.predict(**kwargs)
 
+    def _ckpt_path(self) -> str | None:
+        """The subcommand's ``ckpt_path`` (before or after instantiation)."""
+        config = self.config_init if hasattr(self, "config_init") else self.config
+        return config.get(self.subcommand, {}).get("ckpt_path")
+
     def _checkpoint_class_names(self) -> list[str] | None:
         """The class names stored in the subcommand's ``ckpt_path`` (None without a checkpoint file or names)."""
-        config = self.config_init if hasattr(self, "config_init") else self.config
-        ckpt_path = config.get(self.subcommand, {}).get("ckpt_path")
+        ckpt_path = self._ckpt_path()
         if not ckpt_path or not Path(str(ckpt_path)).is_file():
             return None
-        import torch
-
-        stored = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("usvl", {}).get("class_names")
-        return [str(name) for name in stored] if stored else None
+        return stored_class_names(str(ckpt_path), Path(str(ckpt_path)).stat().st_mtime_ns)
 
     def _use_checkpoint_classes(self) -> None:
         stored = self._checkpoint_class_names()
         if stored and hasattr(self.datamodule, "use_class_names"):
-            ckpt_path = self.config_init.get(self.subcommand, {}).get("ckpt_path")
-            self.datamodule.use_class_names(stored, f"checkpoint {ckpt_path}")
+            self.datamodule.use_class_names(stored, f"checkpoint {self._ckpt_path()}")
             if list(getattr(self.model, "class_names", stored)) != list(stored):
                 self.model.set_classes(len(stored), stored)
 
@@ -148,8 +163,7 @@ class USVLCLI(LightningCLI):
         """Write ``test_metrics.json`` for a standalone ``usvl test``."""
         if self.trainer.fast_dev_run:
             return
-        self._report([dict(self.trainer.callback_metrics)], {"checkpoint": self.config_init.get(
-            self.subcommand, {}).get("ckpt_path")})
+        self._report([dict(self.trainer.callback_metrics)], {"checkpoint": self._ckpt_path()})
 
     def _report(self, results: list[dict[str, Any]], extra: dict[str, Any]) -> None:
         metrics = {k: v for k, v in to_builtin(results[0] if results else {}).items() if k.startswith("test/")}
