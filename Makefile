@@ -4,12 +4,13 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 CONFIG ?= configs/thyroid_cls.yaml
+JOBS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full lint format clean-runs
+.PHONY: help install demo test test-full lint format clean-runs reproduce reproduce-quick
 
 help: ## Show this help
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 $(BIN)/usvl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,12 @@ install: $(BIN)/usvl ## Create .venv and install usvl with its dev tools (pip in
 demo: $(BIN)/usvl ## Train Mona adapters on embedded thyroid ultrasound, then test the best checkpoint
 	$(BIN)/usvl fit --config $(CONFIG)
 
+reproduce: $(BIN)/usvl ## Run the embedded experiment grid (resumable) -> results/embedded/ tables and plots
+	$(BIN)/usvl reproduce --grid configs/reproduce/embedded.yaml --jobs $(JOBS)
+
+reproduce-quick: $(BIN)/usvl ## Every dataset x method once, small data, few epochs (<= 1 h on 2 cores) -> results/quick/
+	$(BIN)/usvl reproduce --grid configs/reproduce/quick.yaml --jobs $(JOBS)
+
 test: $(BIN)/usvl ## Run the fast test suite (offline, CPU)
 	$(BIN)/python -m pytest -q
 
@@ -29,12 +36,12 @@ test-full: $(BIN)/usvl ## Run every test, slow ones included
 	$(BIN)/python -m pytest -q -m "not gpu"
 
 lint: $(BIN)/usvl ## Check style with ruff and the import-layer contracts (.importlinter) with lint-imports
-	$(BIN)/ruff check usvl tests benchmarks
+	$(BIN)/ruff check usvl tests benchmarks notebooks
 	$(BIN)/lint-imports
 
 format: $(BIN)/usvl ## Format the code with ruff
-	$(BIN)/ruff format usvl tests benchmarks
-	$(BIN)/ruff check --fix usvl tests benchmarks
+	$(BIN)/ruff format usvl tests benchmarks notebooks
+	$(BIN)/ruff check --fix usvl tests benchmarks notebooks
 
 clean-runs: ## Delete training runs (runs/); asks first
 	@read -p "Delete runs/? [y/N] " answer && [ "$$answer" = y ] && rm -rf runs || echo kept

@@ -45,3 +45,6 @@ def embedded_encoder_factory():
         return LiTEffNetMiniLM(**kwargs)
 
     return build
+
+
+from reproduce_grid import finished_grid  # noqa: E402,F401  (session fixture: a tiny reproduce grid, run once)

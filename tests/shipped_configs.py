@@ -17,3 +17,8 @@ def smoke(experiment: str) -> list[str]:
     """Command-line arguments of the smoke run of ``configs/<experiment>.yaml``: a few steps on tiny 64 px data."""
     return ["--config", str(CONFIGS / f"{experiment}.yaml"), "--config", str(CONFIGS / "trainer" / "smoke.yaml"),
             "--config", str(CONFIGS / "data" / "tiny.yaml")]
+
+
+ZEROSHOT = sorted((CONFIGS / "zeroshot").glob("*.yaml"))
+"""Zero-shot configs (``usvl test --config configs/zeroshot/<organ>.yaml``), instantiated in test_zeroshot.py. The
+stage-1 configs (``pretrain_*.yaml``) and stage-2 configs (``*_from_pretrain.yaml``) are experiments (top level)."""

@@ -27,7 +27,7 @@ LAYERS = (
     ("datamodule",),
     ("sources.common", "sources.nextgen", "sources.busi", "sources.ddti", "sources.tn3k", "sources.prostate",
      "sources.folder", "sources.synthetic"),
-    ("sources.registry", "sources"),
+    ("sources.registry", "sources", "captions"),
     ("check", "cli", ""),
 )
 """The data package's layers, lowest first: a module may import its own layer's modules and lower layers only."""

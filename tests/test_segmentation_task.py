@@ -175,7 +175,7 @@ def test_checkpoint_holds_trainable_weights_only(smoke_run):
     assert keys == model.trainable_state_keys()
     assert not any(k.startswith(("encoder.image_tower.conv_stem", "encoder.image_projection")) for k in keys)
     assert any(".adapter." in k for k in keys)
-    assert any(k.startswith("head.film.") for k in keys)
+    assert any(k.startswith("head.similarity.") for k in keys)  # per-pixel text guidance, the recipe default
     assert checkpoint["usvl"]["text_embeddings"].shape[0] == 3
     assert checkpoint["usvl"]["lesion_classes"] == ["benign", "malignant"]
     full_weights = EFFICIENTNET_LITE0.resolve().stat().st_size + MINILM_L6_V2.resolve().stat().st_size

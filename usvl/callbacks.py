@@ -243,6 +243,115 @@ class SegmentationPredictionWriter(PredictionWriter):
         return rows
 
 
+class TestCaseWriter(Callback):
+    """After ``test``: one CSV row per test image and overlays of the best and worst cases, in the run's log dir.
+
+    ``test_cases.csv`` holds, for classification, ``name``, ``label``, ``p_<class>`` per class, ``prediction`` and
+    ``p_true`` (the probability given to the true class); for segmentation, ``name`` and the per-image records of
+    :class:`~usvl.metrics.SegmentationMetrics` (empty-mask ``case``, ``dice``, ``iou``, ``hd95``, ``asd``, pixel
+    counts). Cases are ranked by ``p_true`` (classification) or Dice (segmentation); ``test_cases/best-<i>.png`` and
+    ``worst-<i>.png`` show the image as the model saw it with the prediction (red contour) and the ground truth
+    (green contour) for segmentation, or the true and predicted class for classification. The aggregation of
+    ``usvl reproduce`` reads both (bootstrap intervals, ROC curves, best/worst overlays). ``usvl`` adds this callback
+    to every run; only the global-zero process of a single-process run writes.
+
+    Args:
+        overlays: How many best and how many worst cases to draw (0: none).
+    """
+
+    def __init__(self, overlays: int = 2) -> None:
+        self.overlays = overlays
+        self._rows: list[dict[str, Any]] = []
+        self._best: list[tuple[float, int, dict[str, Any]]] = []
+        self._worst: list[tuple[float, int, dict[str, Any]]] = []
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Forget the cases of an earlier test."""
+        self._rows, self._best, self._worst = [], [], []
+
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Record each image's name, target and prediction (``outputs`` is the task's ``StepOutput``)."""
+        if outputs is None or not hasattr(outputs, "predictions") or "name" not in batch:
+            return
+        predictions = outputs.predictions.detach().float().cpu()
+        target = outputs.target.detach().cpu()
+        segmentation = predictions.ndim == 4
+        class_names = [str(name) for name in getattr(pl_module, "class_names", [])]
+        if not segmentation and predictions.ndim == 1:
+            predictions = torch.stack([1 - predictions, predictions], dim=1)
+        for i, name in enumerate(batch["name"]):
+            if segmentation:
+                pred = predictions[i, 0] > 0.5
+                true = target[i].reshape(pred.shape).bool()
+                total = int(pred.sum() + true.sum())
+                score = 1.0 if total == 0 else 2.0 * float((pred & true).sum()) / total
+                row: dict[str, Any] = {"name": str(name)}
+                case = {"pred": pred.numpy(), "true": true.numpy(), "text": f"{name}  Dice {score:.3f}"}
+            else:
+                probabilities = predictions[i].tolist()
+                label, predicted = int(target[i]), int(predictions[i].argmax())
+                names = class_names or [str(k) for k in range(len(probabilities))]
+                score = float(probabilities[label])
+                row = {"name": str(name), "label": names[label],
+                       **{f"p_{names[k]}": round(p, 6) for k, p in enumerate(probabilities)},
+                       "prediction": names[predicted], "p_true": round(score, 6)}
+                confidence = max(probabilities)
+                case = {"text": f"{name}  true {names[label]}  predicted {names[predicted]} (p={confidence:.2f})"}
+            self._rows.append(row)
+            if self.overlays:
+                case["image"] = batch["image"][i].detach().cpu()
+                self._keep(score, len(self._rows), case)
+
+    def _keep(self, score: float, order: int, case: dict[str, Any]) -> None:
+        self._best = sorted([*self._best, (score, order, case)], key=lambda c: (-c[0], c[1]))[: self.overlays]
+        self._worst = sorted([*self._worst, (score, order, case)], key=lambda c: (c[0], c[1]))[: self.overlays]
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Join the segmentation metrics' per-image records (before the task resets them), then write."""
+        metrics = pl_module.stage_metrics("test") if hasattr(pl_module, "stage_metrics") else None
+        for metric in (metrics.values() if metrics is not None else []):
+            if hasattr(metric, "per_image") and getattr(metric, "update_called", False):
+                records = metric.per_image()
+                if len(records) == len(self._rows):
+                    for row, record in zip(self._rows, records, strict=True):
+                        row.update({k: v for k, v in record.items() if k != "index"})
+                else:
+                    log.warning("Per-image test metrics of %d images for %d names: test_cases.csv keeps names only",
+                                len(records), len(self._rows))
+        if self._rows and trainer.is_global_zero and trainer.world_size == 1:
+            self.write(Path(trainer.log_dir or "."))
+
+    def write(self, folder: Path) -> Path:
+        """Write ``test_cases.csv`` (a new name when one exists) and the best/worst overlays into ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = unique_file(folder, "test_cases", ".csv")
+        columns = list(dict.fromkeys(key for row in self._rows for key in row))
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self._rows)
+        if self._best:
+            cases = unique_folder(folder / path.stem)
+            cases.mkdir(parents=True)
+            for kind, kept in (("best", self._best), ("worst", self._worst)):
+                for rank, (_, _, case) in enumerate(kept, start=1):
+                    case_overlay(case).save(cases / f"{kind}-{rank}.png")
+        log.info("Per-image test results written to %s", path)
+        return path
+
+
+def case_overlay(case: dict[str, Any]) -> Image.Image:
+    """A test image (``[C, H, W]`` uint8) with the ground truth in green and the prediction in red, and a caption."""
+    image = case["image"]
+    grey = image[0] if image.ndim == 3 else image
+    picture = Image.fromarray(grey.to(torch.uint8).numpy()).convert("RGB")
+    if "true" in case and case["true"].any():
+        edges = Image.fromarray(case["true"].astype(np.uint8) * 255).filter(ImageFilter.FIND_EDGES)
+        picture.paste((40, 220, 40), mask=edges.filter(ImageFilter.MaxFilter(3)))
+    return draw_overlay(picture, case["text"], case.get("pred"))
+
+
 def format_duration(seconds: float) -> str:
     """``1h02m03s``, ``2m03s`` or ``3s``."""
     minutes, secs = divmod(int(round(seconds)), 60)

@@ -2,6 +2,9 @@
 
 from usvl.tasks.base import AdaptedEncoderTask
 from usvl.tasks.classification import ClassificationTask
+from usvl.tasks.contrastive import ContrastiveTask
 from usvl.tasks.segmentation import SegmentationTask
+from usvl.tasks.zeroshot import ZeroShotClassificationTask
 
-__all__ = ["AdaptedEncoderTask", "ClassificationTask", "SegmentationTask"]
+__all__ = ["AdaptedEncoderTask", "ClassificationTask", "ContrastiveTask", "SegmentationTask",
+           "ZeroShotClassificationTask"]

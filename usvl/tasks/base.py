@@ -18,6 +18,7 @@ from usvl.models.adapters.base import Adapter, NoAdapter
 from usvl.models.encoders.base import VisionLanguageEncoder
 from usvl.models.heads.classification import class_prototypes
 from usvl.tasks.gradient_check import parameters_without_gradient, unused_parameters_message
+from usvl.tasks.init_from import resolve_checkpoint, select_weights, transferable_keys
 from usvl.tasks.schedules import SizedByTrainer
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,12 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
         scheduler: Learning-rate scheduler factory, stepped per optimisation step.
         channels_last: Run convolutions in channels-last memory format (about 1.4x faster training of the
             EfficientNet tower on a CPU, see BENCHMARKS.md).
+        init_from: A stage-1 checkpoint (``ContrastiveTask``; a ``.ckpt`` file, or a run folder whose newest
+            ``*.ckpt`` is taken) to initialise the adapters, the projections and a ``logit_scale`` temperature
+            from, at ``setup`` (before a ``ckpt_path`` is restored, which then wins). Strict: every encoder weight
+            this model trains must be in the checkpoint with the same shape, and the checkpoint may hold no encoder
+            weight this model lacks (e.g. another Mona variant); the head is never loaded. See
+            :mod:`usvl.tasks.init_from`.
     """
 
     metric_stages: tuple[str, ...] = STAGES
@@ -79,6 +86,7 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         channels_last: bool = True,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -98,6 +106,8 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
         self.class_names: list[str] = []
         self.text_embeddings: torch.Tensor | None = None
         self.loss: nn.Module | None = None
+        self.init_from = init_from
+        self.initialised_from: str | None = None
 
     @abstractmethod
     def configure_losses(self) -> nn.Module:
@@ -160,6 +170,40 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return {"trainable_params": trainable, "total_params": total}
 
+    def setup(self, stage: str) -> None:
+        """Initialise from the ``init_from`` checkpoint once, before Lightning restores any ``ckpt_path``."""
+        if self.init_from and self.initialised_from is None:
+            self.load_init_from(self.init_from)
+
+    def load_init_from(self, path: str) -> dict[str, torch.Tensor]:
+        """Load adapters, projections and temperature from a stage-1 checkpoint (see ``init_from``).
+
+        Returns:
+            The loaded tensors by state-dict key.
+
+        Raises:
+            FileNotFoundError: No checkpoint at ``path``.
+            usvl.tasks.init_from.InitFromError: The checkpoint does not fit this model (names, shapes).
+        """
+        file = resolve_checkpoint(path)
+        checkpoint = torch.load(file, map_location="cpu", weights_only=False)
+        info = checkpoint.get("usvl", {})
+        source_label = f"checkpoint {file} (adapter {info.get('adapter', 'unknown')})"
+        target_label = f"model (adapter {describe_adapter(self.adapter)})"
+        state = self.state_dict()
+        weights = select_weights(checkpoint["state_dict"], state, transferable_keys(self.trainable_state_keys(), state),
+                                 source_label, target_label)
+        self.load_state_dict(weights, strict=False)
+        source_encoder = info.get("encoder_id")
+        if source_encoder and source_encoder != self.encoder.encoder_id:
+            log.warning("init_from %s: its encoder is %s, this model's is %s (all names and shapes fit)", file,
+                        source_encoder, self.encoder.encoder_id)
+        log.info("Initialised %d tensors (%s values: adapters, projections%s) from %s", len(weights),
+                 f"{sum(v.numel() for v in weights.values()):,}",
+                 ", temperature" if any(not k.startswith("encoder.") for k in weights) else "", file)
+        self.initialised_from = str(file)
+        return weights
+
     def on_fit_start(self) -> None:
         """Put the frozen towers in eval mode (fixed batch-norm statistics) and log the parameter counts."""
         self.encoder.train(self.training)
@@ -178,15 +222,15 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
         """The metric collection of ``stage``, or ``None`` when the stage has none."""
         return getattr(self, f"{stage}_metrics", None) if stage in self.metric_stages else None
 
-    def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        """Loss of a batch for ``stage``, logging it and updating the stage's metrics."""
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> StepOutput:
+        """Loss and predictions of a batch for ``stage``, logging the loss and updating the stage's metrics."""
         output = self.compute_step(batch, stage)
         metrics = self.stage_metrics(stage)
         if metrics is not None:
             metrics.update(output.predictions, output.target, **output.metric_kwargs)
         self.log(f"{stage}/loss", output.loss, prog_bar=True, on_step=stage == "train", on_epoch=True,
                  batch_size=len(output.target))
-        return output.loss
+        return output
 
     def _log_epoch_metrics(self, stage: str) -> None:
         """Compute, log and reset the metrics of ``stage`` (nothing when no batch updated them)."""
@@ -235,15 +279,15 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Loss on a training batch."""
-        return self._shared_step(batch, "train")
+        return self._shared_step(batch, "train").loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Validation loss; update the validation metrics."""
         self._shared_step(batch, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Test loss; update the test metrics."""
-        self._shared_step(batch, "test")
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> StepOutput:
+        """Test loss; update the test metrics; the step's output goes to the callbacks (``TestCaseWriter``)."""
+        return self._shared_step(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
         """Log validation metrics."""
@@ -283,7 +327,9 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["usvl"] = {"encoder_id": self.encoder.encoder_id, "trainable_only": True,
-                              "class_names": self.class_names}
+                              "class_names": self.class_names, "adapter": describe_adapter(self.adapter)}
+        if getattr(self, "text_record", None):
+            checkpoint["usvl"]["text"] = dict(self.text_record)  # descriptions, cache key, ablation
         if self.text_embeddings is not None:
             checkpoint["usvl"]["text_embeddings"] = self.text_embeddings.cpu()
 
@@ -299,3 +345,9 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
         embeddings = checkpoint.get("usvl", {}).get("text_embeddings")
         if embeddings is not None and self.text_embeddings is None:
             self.set_text_embeddings(embeddings)
+
+
+def describe_adapter(adapter: Adapter) -> str:
+    """A one-line description of an adapter spec (class and settings), for checkpoints and messages."""
+    settings = ", ".join(f"{key}={value!r}" for key, value in vars(adapter).items() if not key.startswith("_"))
+    return f"{type(adapter).__name__}({settings})"

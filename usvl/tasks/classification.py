@@ -36,6 +36,8 @@ class ClassificationTask(AdaptedEncoderTask):
         loss: Loss on class logits ``[B, K]`` and labels ``[B]``; defaults to cross entropy with
             ``label_smoothing``. In validation and test it gets the log of the (flip-averaged) probabilities,
             which for cross entropy without smoothing is the negative log-likelihood of those probabilities.
+        init_from: A stage-1 checkpoint for the adapters and projections (see
+            :class:`~usvl.tasks.base.AdaptedEncoderTask`).
     """
 
     def __init__(
@@ -51,14 +53,19 @@ class ClassificationTask(AdaptedEncoderTask):
         label_smoothing: float = 0.0,
         test_time_flip: bool = False,
         loss: nn.Module | None = None,
+        init_from: str | None = None,
     ) -> None:
-        super().__init__(encoder, adapter, optimizer, scheduler, channels_last)
+        super().__init__(encoder, adapter, optimizer, scheduler, channels_last, init_from)
         # Evaluation-only switches stay out of the checkpoint, so `usvl test --ckpt_path` can change them.
         self.save_hyperparameters(ignore=["encoder", "head", "adapter", "optimizer", "scheduler", "test_time_flip",
                                           "loss"])
         self.set_classes(num_classes, class_names)
         self.head = head(list(encoder.feature_dims), encoder.embed_dim, num_classes)
         self.uses_text = bool(getattr(self.head, "uses_text", True))
+        if not self.uses_text:  # nothing reads the projected class text: its projection cannot learn
+            for name, parameter in self.encoder.named_parameters():
+                if name.split(".")[0] == "text_projection":
+                    parameter.requires_grad_(False)
         self.label_smoothing = label_smoothing
         self.test_time_flip = test_time_flip
         self.configure_task(loss)

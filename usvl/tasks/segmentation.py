@@ -56,6 +56,8 @@ class SegmentationTask(AdaptedEncoderTask):
             HD95 and ASD are then reported in mm. ``None`` reports them in pixels.
         lesion_classes: Classes whose prototypes are averaged into the text vector; ``None`` takes every class
             except ``normal`` (or all classes if that leaves none).
+        init_from: A stage-1 checkpoint for the adapters and projections (see
+            :class:`~usvl.tasks.base.AdaptedEncoderTask`).
     """
 
     metric_stages = ("val", "test")
@@ -75,8 +77,9 @@ class SegmentationTask(AdaptedEncoderTask):
         threshold: float = 0.5,
         pixel_spacing_mm: float | None = None,
         lesion_classes: Sequence[str] | None = None,
+        init_from: str | None = None,
     ) -> None:
-        super().__init__(encoder, adapter, optimizer, scheduler, channels_last)
+        super().__init__(encoder, adapter, optimizer, scheduler, channels_last, init_from)
         # Evaluation-only settings stay out of the checkpoint, so `usvl test --ckpt_path` can change them.
         self.save_hyperparameters(ignore=["encoder", "head", "adapter", "optimizer", "scheduler", "loss", "threshold",
                                           "pixel_spacing_mm"])

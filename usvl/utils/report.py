@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +36,18 @@ def write_json_unique(path: Path, payload: Mapping[str, Any]) -> Path:
         candidate = path.with_name(f"{path.stem}-{index}{path.suffix}")
     candidate.write_text(json.dumps(to_builtin(payload), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return candidate
+
+
+def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> Path:
+    """Write JSON to ``path`` through a temporary file, flushed to disk and renamed: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with temporary.open("w", encoding="utf-8") as handle:
+        handle.write(json.dumps(to_builtin(payload), indent=2, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    temporary.replace(path)
+    return path
 
 
 def format_metrics_table(metrics: Mapping[str, Any], title: str = "metrics") -> str:

@@ -127,8 +127,10 @@ class FrequencyFilter(nn.Module):
         if height == fu and width == 2 * (fv - 1):
             return torch.fft.ifftshift(self.weight.float(), dim=1)
         device = self.weight.device
-        row_freqs = torch.fft.fftfreq(height, device=device)
-        col_freqs = torch.fft.rfftfreq(width, device=device)
+        # torch.fft.fftfreq / rfftfreq, written with arange so that torch.export (ONNX) can trace them.
+        rows = torch.arange(height, device=device, dtype=torch.float32)
+        row_freqs = torch.where(rows < (height + 1) // 2, rows, rows - height) / height
+        col_freqs = torch.arange(width // 2 + 1, device=device, dtype=torch.float32) / width
         # Pad one row each side periodically (frequency f and f ± 1 are the same bin), so every row frequency in
         # [-1/2, 1/2] falls inside the padded grid; columns cover [0, 1/2] already.
         weight = self.weight.float()

@@ -5,12 +5,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from usvl.models.encoders.common import capture_outputs
 from usvl.models.encoders.vit import tokens_to_map
+from usvl.models.encoders.weights import files_fingerprint
 
 VIT_ATTENTION_LORA_TARGETS = r"image_tower\.(?:.+\.)?blocks\.\d+\.attn\.(?:qkv|proj)"
 """The fused ``attn.qkv`` and the ``attn.proj`` Linear layers of every block of a timm ViT image tower."""
@@ -146,3 +148,29 @@ class VisionLanguageEncoder(nn.Module, ABC):
     def frozen_modules(self) -> list[nn.Module]:
         """The frozen towers, kept in eval mode during training."""
         return []
+
+    def weight_files(self) -> list[Path]:
+        """The files the pretrained towers (and their tokenizer) were loaded from; empty for random towers.
+
+        Backends override it; the default (no files) suits encoders whose ``encoder_id`` already pins every weight.
+        """
+        return []
+
+    @property
+    def weights_fingerprint(self) -> str:
+        """A digest of the contents of :meth:`weight_files` (``"none"`` without files).
+
+        Unlike ``encoder_id`` (which names the model and where its weights come from), it changes when a local
+        checkpoint is replaced in place or the hub cache holds a new revision, so caches keyed on it (the class
+        text embeddings) are rebuilt. Files are hashed once per process and file version (path, size, mtime).
+        """
+        return files_fingerprint(self.weight_files())
+
+    def release_text_tower(self) -> bool:
+        """Free the frozen text tower's memory when the backend can reload it on the next text encoding.
+
+        Returns:
+            Whether a loaded text tower was released. The default keeps it (the tower is part of one model file,
+            e.g. open_clip and transformers CLIP, and is not reloaded separately).
+        """
+        return False

@@ -100,6 +100,47 @@ def pointwise_convolutions(module: nn.Module, prefix: str = "") -> list[str]:
     ]
 
 
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".json", ".txt", ".model")
+"""Files of a model folder that can change what it computes: PyTorch weights, configs, tokenizer vocabularies."""
+
+
+def hf_model_files(name: str, cache_dir: str | None = None) -> list[Path]:
+    """The files of a transformers model: those of a local folder, or of its cached hub snapshot (no network).
+
+    The hub snapshot is the one the cache's ``main`` ref points to (the revision ``from_pretrained`` loads), so a
+    new revision gives other files. Only PyTorch weights, configs and tokenizer files count
+    (:data:`MODEL_FILE_SUFFIXES`; Flax, TensorFlow and ONNX exports are skipped). Empty when nothing is cached.
+    """
+    local = Path(name).expanduser()
+    if local.is_dir():
+        folder = local
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(name, "config.json", cache_dir=cache_dir)
+        except ValueError:  # not a valid hub id
+            return []
+        if not isinstance(cached, str):
+            return []
+        folder = Path(cached).parent
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in MODEL_FILE_SUFFIXES)
+
+
+def cached_hub_file(repo_id: str, filenames: Sequence[str], cache_dir: str | None = None) -> Path | None:
+    """The first of ``filenames`` present in the local hub cache of ``repo_id`` (no network), else ``None``."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in filenames:
+        try:
+            cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
+        except ValueError:
+            return None
+        if isinstance(cached, str):
+            return Path(cached)
+    return None
+
+
 def load_hf_pretrained(name: str, cache_dir: str | None) -> tuple[nn.Module, object, str]:
     """A transformers model and its tokenizer from a local folder, the cache, or the hub.
 

@@ -6,7 +6,9 @@ a machine with no model hub. The towers stay frozen; two linear projections map 
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -20,6 +22,8 @@ from usvl.models.encoders.weights import EFFICIENTNET_LITE0, MINILM_L6_V2
 EFFICIENTNET_LITE0_STAGE_CHANNELS = (16, 24, 40, 80, 112, 192, 320)
 EFFICIENTNET_LITE0_HEAD_CHANNELS = 1280
 MINILM_DIM = 384
+TEXT_TOWER_SUFFIXES = (".safetensors", ".bin", ".json", ".txt")
+"""Files of the packaged MiniLM folder that determine its embeddings: weights, config, tokenizer."""
 
 
 def build_efficientnet_lite0(pretrained: bool = True) -> nn.Module:
@@ -184,6 +188,22 @@ class LiTEffNetMiniLM(VisionLanguageEncoder):
     def encode_text_raw(self, texts: Sequence[str]) -> torch.Tensor:
         """Frozen MiniLM sentence embeddings ``[N, 384]``; the text tower loads on first use."""
         return self._text()(texts).float()
+
+    def release_text_tower(self) -> bool:
+        """Drop the loaded MiniLM tower (about 90 MB); the next :meth:`encode_text_raw` loads it again."""
+        if not self._text_tower:
+            return False
+        self._text_tower.clear()
+        gc.collect()
+        return True
+
+    def weight_files(self) -> list[Path]:
+        """The EfficientNet-Lite0 file, the MiniLM weights and its tokenizer and config files; none when random."""
+        if not self.pretrained:
+            return []
+        text_folder = MINILM_L6_V2.resolve(verify=False).parent
+        text_files = sorted(p for p in text_folder.iterdir() if p.is_file() and p.suffix in TEXT_TOWER_SUFFIXES)
+        return [EFFICIENTNET_LITE0.resolve(verify=False), *text_files]
 
     def project_text(self, raw: torch.Tensor) -> torch.Tensor:
         """Trainable linear projection of text embeddings into the shared space."""

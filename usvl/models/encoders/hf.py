@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
 
 from usvl.models.encoders.base import VisionLanguageEncoder
-from usvl.models.encoders.common import identity_linear, load_hf_pretrained
+from usvl.models.encoders.common import hf_model_files, identity_linear, load_hf_pretrained
 from usvl.models.encoders.registry import register_encoder_family
 
 DEFAULT_STATS = {
@@ -50,6 +51,7 @@ class HFCLIPEncoder(VisionLanguageEncoder):
     ) -> None:
         super().__init__()
         self.model, self.tokenizer, source = load_hf_pretrained(model, cache_dir)
+        self._source, self._cache_dir = source, cache_dir
         vision = self.model.vision_model
         self.width = vision.config.hidden_size
         embeddings = vision.embeddings
@@ -95,6 +97,10 @@ class HFCLIPEncoder(VisionLanguageEncoder):
     def frozen_modules(self) -> list[nn.Module]:
         """The whole transformers model."""
         return [self.model]
+
+    def weight_files(self) -> list[Path]:
+        """The model folder's weights, config and tokenizer files (local folder or cached hub snapshot)."""
+        return hf_model_files(self._source, self._cache_dir)
 
     def forward_image_tower(self, images: torch.Tensor) -> torch.Tensor:
         """The model's own projected image embedding ``[B, embed_dim]``."""

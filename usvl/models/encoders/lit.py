@@ -18,7 +18,14 @@ import torch
 from torch import nn
 
 from usvl.models.encoders.base import VisionLanguageEncoder
-from usvl.models.encoders.common import load_hf_pretrained, match_targets, mean_pooled_text, pointwise_convolutions
+from usvl.models.encoders.common import (
+    cached_hub_file,
+    hf_model_files,
+    load_hf_pretrained,
+    match_targets,
+    mean_pooled_text,
+    pointwise_convolutions,
+)
 from usvl.models.encoders.registry import register_encoder_family
 from usvl.models.encoders.weights import MissingWeightsError
 
@@ -70,7 +77,10 @@ class TimmHFEncoder(VisionLanguageEncoder):
     ) -> None:
         super().__init__()
         self.image_tower = create_timm_tower(image_model, image_pretrained, image_weights)
-        self.text_tower, self.tokenizer, _ = load_hf_pretrained(text_model, cache_dir)
+        self.text_tower, self.tokenizer, self._text_source = load_hf_pretrained(text_model, cache_dir)
+        self._cache_dir = cache_dir
+        self._image_weights = str(Path(image_weights).expanduser()) if image_weights else None
+        self._image_pretrained = image_pretrained
         self.feature_info = list(self.image_tower.feature_info)
         self.feature_taps = tuple(feature_taps)
         self.check_feature_taps()
@@ -105,6 +115,17 @@ class TimmHFEncoder(VisionLanguageEncoder):
     def frozen_modules(self) -> list[nn.Module]:
         """Both towers."""
         return [self.image_tower, self.text_tower]
+
+    def weight_files(self) -> list[Path]:
+        """The image weights (the local file, or timm's cached hub file) and the text model's folder files."""
+        files: list[Path] = []
+        if self._image_weights:
+            files.append(Path(self._image_weights))
+        elif self._image_pretrained:
+            hub_id = self.image_tower.pretrained_cfg.get("hf_hub_id")
+            cached = cached_hub_file(hub_id, ("model.safetensors", "pytorch_model.bin")) if hub_id else None
+            files += [cached] if cached else []
+        return files + hf_model_files(self._text_source, self._cache_dir)
 
     def forward_image_tower(self, images: torch.Tensor) -> torch.Tensor:
         """The tower's own timm ``forward_features`` and pre-logits ``forward_head``: ``[B, num_features]``."""

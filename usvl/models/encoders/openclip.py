@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
 from functools import lru_cache
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from usvl.models.encoders.base import VisionLanguageEncoder
-from usvl.models.encoders.common import identity_linear
+from usvl.models.encoders.common import cached_hub_file, identity_linear
 from usvl.models.encoders.registry import register_encoder_family
 from usvl.models.encoders.vit import vit_num_prefix_tokens
 from usvl.models.encoders.weights import MissingWeightsError
@@ -131,6 +132,50 @@ def create_openclip_model(model: str, pretrained: str | None, cache_dir: str | N
         ) from error
 
 
+OPENCLIP_HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+"""Weight files open_clip loads from an ``hf-hub:`` repository, in its order of preference."""
+
+
+def openclip_weight_files(model: str, pretrained: str | None, cache_dir: str | None) -> list[Path]:
+    """The files open_clip loads ``model`` from: a model-config JSON, a local checkpoint, or the cached hub file.
+
+    Resolved from the local cache only (no network), in the order open_clip uses: a ``hf-hub:`` repository's
+    ``open_clip_config.json`` and weights; a pretrained tag's hub file (safetensors first) or download-URL file
+    (open_clip's ``~/.cache/clip``); a local file given as ``pretrained``. Random models have no files.
+    """
+    files = [Path(model).expanduser()] if model.endswith(".json") else []
+    if model.startswith("hf-hub:"):
+        repo = model[len("hf-hub:"):]
+        files += [path for path in (cached_hub_file(repo, ("open_clip_config.json",), cache_dir),
+                                    cached_hub_file(repo, OPENCLIP_HUB_WEIGHTS, cache_dir)) if path]
+        return files
+    if not pretrained:
+        return files
+    local = Path(pretrained).expanduser()
+    if local.is_file():
+        return [*files, local]
+    import open_clip
+
+    config = open_clip.get_pretrained_cfg(register_model_config(model).replace("/", "-"), pretrained) or {}
+    hub = config.get("hf_hub", "")
+    if hub:
+        repo, filename = os.path.split(hub)  # open_clip's own split: "org/model/file.bin" or "org/model/"
+        if not filename or filename == OPENCLIP_HUB_WEIGHTS[1]:
+            names = list(OPENCLIP_HUB_WEIGHTS)
+        elif filename.endswith((".bin", ".pth")):
+            names = [filename[:-4] + ".safetensors", filename]
+        else:
+            names = [filename]
+        cached = cached_hub_file(repo, names, cache_dir)
+        return [*files, cached] if cached else files
+    url = config.get("url", "")
+    if url:
+        candidate = Path(cache_dir or "~/.cache/clip").expanduser() / Path(url.split("?")[0]).name
+        if candidate.is_file():
+            files.append(candidate)
+    return files
+
+
 class OpenCLIPEncoder(VisionLanguageEncoder):
     """An open_clip vision-language model behind the usvl encoder interface.
 
@@ -160,6 +205,7 @@ class OpenCLIPEncoder(VisionLanguageEncoder):
     ) -> None:
         super().__init__()
         self.model = create_openclip_model(model, pretrained, cache_dir, image_size, allow_random, model_config)
+        self._weights_source = (model, pretrained, cache_dir)
         self.tokenizer = openclip_tokenizer(register_model_config(model), int(self.model.context_length))
         self.feature_taps = tuple(feature_taps)
         visual = self.model.visual
@@ -207,6 +253,10 @@ class OpenCLIPEncoder(VisionLanguageEncoder):
     def frozen_modules(self) -> list[nn.Module]:
         """The whole open_clip model (both towers and CLIP's own projections)."""
         return [self.model]
+
+    def weight_files(self) -> list[Path]:
+        """The model-config JSON and checkpoint open_clip loaded (see :func:`openclip_weight_files`)."""
+        return openclip_weight_files(*self._weights_source)
 
     def forward_image_tower(self, images: torch.Tensor) -> torch.Tensor:
         """open_clip's own ``encode_image``: CLIP's image embedding ``[B, embed_dim]``."""

@@ -113,7 +113,8 @@ def tokens_to_map(output: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
     if output.ndim == 4:
         return output
     patches = output[:, num_prefix_tokens:]
-    side = int(round(patches.shape[1] ** 0.5))
-    if side * side != patches.shape[1]:
-        raise ValueError(f"Cannot reshape {patches.shape[1]} patch tokens into a square grid")
+    tokens = int(patches.shape[1])  # an int also while tracing for ONNX export (where sizes are tensors)
+    side = int(round(tokens**0.5))
+    if side * side != tokens:
+        raise ValueError(f"Cannot reshape {tokens} patch tokens into a square grid")
     return patches.transpose(1, 2).reshape(output.shape[0], -1, side, side)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -68,14 +70,49 @@ class PackagedWeights:
         return path
 
 
-@lru_cache(maxsize=32)
-def file_sha256(path: str, size: int) -> str:
-    """Hex sha256 of a file, cached per (path, size) so a process hashes each file once."""
+def _hash_file(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@lru_cache(maxsize=32)
+def file_sha256(path: str, size: int) -> str:
+    """Hex sha256 of a file, cached per (path, size) so a process hashes each file once."""
+    return _hash_file(path)
+
+
+@lru_cache(maxsize=256)
+def _file_sha256_versioned(path: str, size: int, mtime_ns: int) -> str:
+    return _hash_file(path)
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's content, cached per (resolved path, size, modification time).
+
+    A file replaced in place (same path, new content) gets a new modification time, so it is hashed again; an
+    unchanged file is hashed once per process.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+    """
+    resolved = Path(path).expanduser().resolve()
+    stat = resolved.stat()
+    return _file_sha256_versioned(str(resolved), stat.st_size, stat.st_mtime_ns)
+
+
+def files_fingerprint(paths: Iterable[str | os.PathLike]) -> str:
+    """One hex digest (20 characters) of the contents of ``paths``, in order; ``"none"`` for no files.
+
+    Each file contributes its name and its sha256 (:func:`file_fingerprint`), so a replaced weight file, a new hub
+    revision (other blobs) or an added shard all change the fingerprint.
+    """
+    entries = [f"{Path(path).name}:{file_fingerprint(path)}" for path in paths]
+    if not entries:
+        return "none"
+    return hashlib.sha256("\n".join(entries).encode("utf-8")).hexdigest()[:20]
 
 
 EFFICIENTNET_LITE0 = PackagedWeights(

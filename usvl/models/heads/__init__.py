@@ -2,6 +2,13 @@
 
 from usvl.models.heads.classification import PromptSimilarityHead, class_prototypes
 from usvl.models.heads.factory import HeadFactory
-from usvl.models.heads.segmentation import FiLM, MultiScaleSegmentationHead
+from usvl.models.heads.segmentation import FiLM, MultiScaleSegmentationHead, PixelTextSimilarity
 
-__all__ = ["FiLM", "HeadFactory", "MultiScaleSegmentationHead", "PromptSimilarityHead", "class_prototypes"]
+__all__ = [
+    "FiLM",
+    "HeadFactory",
+    "MultiScaleSegmentationHead",
+    "PixelTextSimilarity",
+    "PromptSimilarityHead",
+    "class_prototypes",
+]

@@ -1,0 +1,206 @@
+"""The LightningCLI of ``usvl fit | validate | test | predict``: config links, the test after fit, run reports."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+
+import usvl
+import usvl.callbacks
+import usvl.data
+import usvl.models.adapters
+import usvl.models.encoders
+import usvl.models.heads
+import usvl.tasks
+import usvl.text  # noqa: F401  (short class names in configs)
+from usvl.callbacks import EpochSummary, TestCaseWriter
+from usvl.utils.report import format_metrics_table, peak_memory_mb, to_builtin, write_json_unique
+
+log = logging.getLogger("usvl")
+
+DESCRIPTION = (
+    "usvl: adapt frozen vision-language models to ultrasound classification and segmentation. "
+    "Training and evaluation: usvl fit | validate | test | predict --config CONFIG.yaml (Lightning subcommands, "
+    "below). Datasets: usvl data generate | check ... (usvl data --help). Text: usvl text refine ... (LLM "
+    "refinement with provenance; usvl text --help). Experiment grids: usvl reproduce --grid "
+    "configs/reproduce/quick.yaml (results tables and plots; usvl reproduce --help). ONNX: usvl export --config "
+    "RUN/config.yaml --ckpt_path CKPT (checked against PyTorch; usvl export --help)."
+)
+"""Help text of the top-level ``usvl`` parser: the Lightning subcommands, ``usvl data`` and ``usvl text``."""
+
+
+def console_trainer_kwargs(trainer_config: Mapping[str, Any], stream: Any = None) -> dict[str, Any]:
+    """Trainer arguments for the console: with no terminal, no progress bar and one summary line per epoch.
+
+    The progress bar is shown when ``stream`` (default: standard error, where it is drawn) is a terminal and the
+    config does not turn it off. Otherwise the bar is disabled and :class:`~usvl.callbacks.EpochSummary` is added
+    to the configured callbacks (unless one is there already), so redirected output still shows progress.
+
+    Args:
+        trainer_config: The instantiated ``trainer`` section of the config.
+        stream: The progress bar's stream.
+
+    Returns:
+        Arguments that override the trainer config (empty when the bar is shown).
+    """
+    stream = sys.stderr if stream is None else stream
+    if trainer_config.get("enable_progress_bar", True) is not False and stream.isatty():
+        return {}
+    callbacks = trainer_config.get("callbacks") or []
+    callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
+    if not any(isinstance(callback, EpochSummary) for callback in callbacks):
+        callbacks.append(EpochSummary())
+    return {"enable_progress_bar": False, "callbacks": callbacks}
+
+
+@functools.lru_cache(maxsize=4)
+def stored_class_names(ckpt_path: str, mtime_ns: int) -> list[str] | None:
+    """The class names a usvl checkpoint stores (``checkpoint["usvl"]["class_names"]``), read once per file version.
+
+    Args:
+        ckpt_path: The checkpoint file.
+        mtime_ns: Its modification time, part of the cache key so a rewritten file is read again.
+    """
+    import torch
+
+    stored = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("usvl", {}).get("class_names")
+    return [str(name) for name in stored] if stored else None
+
+
+class USVLCLI(LightningCLI):
+    """LightningCLI with data -> model links and a test of the best checkpoint after ``fit``."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Link the data module's classes to the model; the text-embedding cache as its own ``text`` section.
+
+        ``text.descriptions`` names the class descriptions (``configs/text/``); the callback is added to the
+        trainer's callbacks, so configs set the descriptions with one key and share the rest of the callback list.
+        """
+        parser.add_lightning_class_args(usvl.text.TextEmbeddingCache, "text")
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """Build the trainer with a :class:`~usvl.callbacks.TestCaseWriter` (per-image test results).
+
+        Without a terminal, with one summary line per epoch instead of a progress bar.
+        """
+        config = self._get(self.config_init, "trainer", default={}) or {}
+        overrides = console_trainer_kwargs(config)
+        callbacks = overrides.get("callbacks", config.get("callbacks")) or []
+        callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
+        if not any(isinstance(callback, TestCaseWriter) for callback in callbacks):
+            callbacks.append(TestCaseWriter())
+        return super().instantiate_trainer(**{**overrides, "callbacks": callbacks, **kwargs})
+
+    def before_fit(self) -> None:
+        """Remember when training started."""
+        self._fit_started = time.perf_counter()
+
+    def after_fit(self) -> None:
+        """Test the best checkpoint on the test split and write ``test_metrics.json`` in the run's log dir."""
+        trainer = self.trainer
+        if trainer.fast_dev_run or trainer.interrupted:
+            return
+        fit_seconds = time.perf_counter() - getattr(self, "_fit_started", time.perf_counter())
+        checkpoint = trainer.checkpoint_callback
+        best = getattr(checkpoint, "best_model_path", "") if checkpoint else ""
+        results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
+        extra = {"checkpoint": best or None, "fit_seconds": round(fit_seconds, 1),
+                 "best_val_score": to_builtin(getattr(checkpoint, "best_model_score", None))}
+        self._report(results, extra)
+
+    def before_instantiate_classes(self) -> None:
+        """For ``predict``, build the data module (and through the links the model) with the checkpoint's classes.
+
+        Prediction reads no labels, so the classes trained on hold whatever the data config says (e.g. the
+        three breast classes when a folder module's default is two).
+        """
+        if self.subcommand != "predict":
+            return
+        stored = self._checkpoint_class_names()
+        data = self.config.get("predict", {}).get("data")
+        init_args = data.get("init_args") if data is not None and hasattr(data, "get") else None
+        if stored and init_args is not None and "class_names" in init_args:
+            init_args["class_names"] = list(stored)
+
+    def before_test(self) -> None:
+        """Take the class names stored in the checkpoint, so a test set's labels map to the classes trained on."""
+        self._use_checkpoint_classes()
+
+    def before_predict(self) -> None:
+        """Take the class names stored in the checkpoint, so predictions are named by the classes trained on."""
+        self._use_checkpoint_classes()
+
+    def predict(self, **kwargs: Any) -> Any:
+        """``trainer.predict`` keeping no predictions in memory unless ``--return_predictions true`` is given.
+
+        The prediction writers write every batch as it comes, so memory stays flat over any number of images.
+        """
+        kwargs["return_predictions"] = bool(kwargs.get("return_predictions"))
+        return self.trainer.predict(**kwargs)
+
+    def _ckpt_path(self) -> str | None:
+        """The subcommand's ``ckpt_path`` (before or after instantiation)."""
+        config = self.config_init if hasattr(self, "config_init") else self.config
+        return config.get(self.subcommand, {}).get("ckpt_path")
+
+    def _checkpoint_class_names(self) -> list[str] | None:
+        """The class names stored in the subcommand's ``ckpt_path`` (None without a checkpoint file or names)."""
+        ckpt_path = self._ckpt_path()
+        if not ckpt_path or not Path(str(ckpt_path)).is_file():
+            return None
+        return stored_class_names(str(ckpt_path), Path(str(ckpt_path)).stat().st_mtime_ns)
+
+    def _use_checkpoint_classes(self) -> None:
+        stored = self._checkpoint_class_names()
+        if stored and hasattr(self.datamodule, "use_class_names"):
+            self.datamodule.use_class_names(stored, f"checkpoint {self._ckpt_path()}")
+            if list(getattr(self.model, "class_names", stored)) != list(stored):
+                self.model.set_classes(len(stored), stored)
+
+    def after_test(self) -> None:
+        """Write ``test_metrics.json`` for a standalone ``usvl test``."""
+        if self.trainer.fast_dev_run:
+            return
+        self._report([dict(self.trainer.callback_metrics)], {"checkpoint": self._ckpt_path()})
+
+    def _report(self, results: list[dict[str, Any]], extra: dict[str, Any]) -> None:
+        metrics = {k: v for k, v in to_builtin(results[0] if results else {}).items() if k.startswith("test/")}
+        payload = {
+            "metrics": metrics,
+            **self.model.parameter_counts(),
+            "peak_memory_mb": round(peak_memory_mb(), 1),
+            "encoder": self.model.encoder.encoder_id,
+            "class_names": list(getattr(self.model, "class_names", [])),
+            "usvl_version": usvl.__version__,
+            **extra,
+        }
+        log_dir = Path(self.trainer.log_dir or ".")
+        path = write_json_unique(log_dir / "test_metrics.json", payload)
+        summary = {**metrics, "trainable_params": payload["trainable_params"],
+                   "peak_memory_mb": payload["peak_memory_mb"]}
+        print(format_metrics_table(summary, title="test"), flush=True)
+        print(f"Test metrics written to {path}", flush=True)
+
+
+def run_lightning(args: ArgsType = None) -> USVLCLI:
+    """Run a LightningCLI subcommand (``fit``, ``validate``, ``test``, ``predict``)."""
+    return USVLCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"version": usvl.__version__, "description": DESCRIPTION},
+        args=args,
+    )

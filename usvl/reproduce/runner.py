@@ -1,0 +1,213 @@
+"""Run a grid's cells as ``usvl fit`` processes: one after another or N at a time, skipping finished runs.
+
+Each cell runs in ``<output>/runs/<dataset>/<method>/<fraction>/seed<N>-<config hash>/``: the trainer's log dir, so
+the folder gets the resolved ``config.yaml``, ``test_metrics.json``, ``test_cases.csv`` and the TensorBoard
+events; ``train.log`` holds the process's output and ``run.json`` (written last, atomically) marks the run done.
+A folder without ``run.json`` is a run that was interrupted: it is moved aside to ``<name>.interrupted-<k>`` and
+the cell runs again; a failed run is kept as ``<name>.failed-<k>`` with its log. Nothing is overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from usvl.reproduce.grid import Cell, Grid
+from usvl.reproduce.resolve import config_hash, resolve_config
+from usvl.utils.report import write_json_atomic
+from usvl.utils.threads import available_cores
+
+log = logging.getLogger(__name__)
+
+DONE_FILE = "run.json"
+"""Written last into a run directory: the run finished and its results are complete."""
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A cell with its config hash and run directory.
+
+    Attributes:
+        cell: The grid cell.
+        config_hash: Hash of its resolved config.
+        directory: Its run directory.
+        duplicate_of: Index of an earlier cell with the same resolved config (this one is not run again).
+    """
+
+    cell: Cell
+    config_hash: str
+    directory: Path
+    duplicate_of: int | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the run finished (its ``run.json`` exists)."""
+        return (self.directory / DONE_FILE).is_file()
+
+
+def plan(grid: Grid) -> list[PlannedRun]:
+    """Resolve every cell's config, hash it and place its run directory; cells with equal configs share one run."""
+    planned: list[PlannedRun] = []
+    first_by_hash: dict[str, PlannedRun] = {}
+    for cell in grid.cells:
+        digest = config_hash(resolve_config(cell.args))
+        earlier = first_by_hash.get(digest)
+        if earlier is not None:
+            planned.append(PlannedRun(cell, digest, earlier.directory, earlier.cell.index))
+            continue
+        directory = grid.output / "runs" / cell.dataset / cell.method / cell.fraction_tag / f"seed{cell.seed}-{digest}"
+        run = PlannedRun(cell, digest, directory)
+        first_by_hash[digest] = run
+        planned.append(run)
+    return planned
+
+
+def fit_command(run: PlannedRun) -> list[str]:
+    """The ``usvl fit`` command of a run, writing into its run directory."""
+    return [sys.executable, "-m", "usvl", "fit", *run.cell.args,
+            "--trainer.logger.init_args.save_dir", str(run.directory),
+            "--trainer.logger.init_args.name", "", "--trainer.logger.init_args.version", ""]
+
+
+def set_aside(directory: Path, reason: str) -> Path:
+    """Rename ``directory`` to ``<name>.<reason>-<k>`` with the first free ``k``; returns the new path."""
+    index = 1
+    while (target := directory.with_name(f"{directory.name}.{reason}-{index}")).exists():
+        index += 1
+    directory.rename(target)
+    return target
+
+
+def format_duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``12s``."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def headline(run: PlannedRun) -> str:
+    """The run's main test metric for progress lines (AUROC or Dice), or an empty string."""
+    path = run.directory / "test_metrics.json"
+    if not path.is_file():
+        return ""
+    metrics = json.loads(path.read_text(encoding="utf-8")).get("metrics", {})
+    key = "test/auroc" if run.cell.task == "classification" else "test/dice"
+    return f"{key.split('/')[1]} {metrics[key]:.4f}" if key in metrics else ""
+
+
+class GridRunner:
+    """Run the planned runs that are not done, ``jobs`` at a time, each with ``cores / jobs`` torch threads.
+
+    Args:
+        runs: The planned runs (see :func:`plan`).
+        jobs: Runs at the same time.
+        stream: Where progress lines go (default: standard output).
+    """
+
+    def __init__(self, runs: list[PlannedRun], jobs: int = 1, stream: Any = None) -> None:
+        if jobs < 1:
+            raise ValueError(f"jobs must be at least 1, got {jobs}")
+        self.runs = runs
+        self.jobs = jobs
+        self.stream = stream
+        self.threads = max(1, available_cores() // jobs)
+        self.failed: list[PlannedRun] = []
+
+    def say(self, text: str) -> None:
+        """Print a progress line."""
+        print(text, file=self.stream or sys.stdout, flush=True)
+
+    def pending(self) -> list[PlannedRun]:
+        """Runs to do: not done and not a duplicate of another cell."""
+        return [run for run in self.runs if run.duplicate_of is None and not run.done]
+
+    def start(self, run: PlannedRun) -> tuple[subprocess.Popen, Any, float]:
+        """Start one run's process (moving an interrupted attempt aside first)."""
+        if run.directory.exists():
+            moved = set_aside(run.directory, "interrupted")
+            self.say(f"  an interrupted attempt of {run.cell.label} was moved to {moved}")
+        run.directory.mkdir(parents=True)
+        command = fit_command(run)
+        (run.directory / "command.txt").write_text(" ".join(command[1:]) + "\n", encoding="utf-8")
+        handle = (run.directory / "train.log").open("w", encoding="utf-8")
+        environment = {**os.environ, "USVL_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment)
+        return process, handle, time.time()
+
+    def finish(self, run: PlannedRun, returncode: int, started: float, load_at_start: float) -> bool:
+        """Mark a finished process's run done (``run.json``) or set it aside as failed; True when it succeeded."""
+        seconds = time.time() - started
+        metrics_file = run.directory / "test_metrics.json"
+        if returncode == 0 and metrics_file.is_file():
+            record = {"status": "done", "block": run.cell.block, "dataset": run.cell.dataset,
+                      "method": run.cell.method, "task": run.cell.task, "seed": run.cell.seed,
+                      "fraction": run.cell.fraction, "config_hash": run.config_hash,
+                      "wall_seconds": round(seconds, 1), "threads": self.threads, "parallel_jobs": self.jobs,
+                      "load_average_at_start": round(load_at_start, 2),
+                      "load_average_at_end": round(os.getloadavg()[0], 2),
+                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": fit_command(run)[1:]}
+            write_json_atomic(run.directory / DONE_FILE, record)
+            return True
+        tail = (run.directory / "train.log").read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+        moved = set_aside(run.directory, "failed")
+        self.failed.append(run)
+        self.say(f"  FAILED {run.cell.label} (exit code {returncode}); log: {moved / 'train.log'}\n    "
+                 + "\n    ".join(tail))
+        return False
+
+    def run(self) -> int:
+        """Run every pending run; returns the number that failed."""
+        todo = self.pending()
+        total = len(todo)
+        skipped = sum(1 for run in self.runs if run.duplicate_of is None) - total
+        self.say(f"{total} runs to do, {skipped} already done; {self.jobs} at a time with {self.threads} "
+                 f"thread(s) each")
+        running: list[tuple[PlannedRun, subprocess.Popen, Any, float, float]] = []
+        try:
+            self._loop(todo, running, total)
+        except KeyboardInterrupt:
+            for run, process, handle, _, _ in running:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                handle.close()
+                self.say(f"  stopped {run.cell.label}; it runs again next time")
+            raise
+        return len(self.failed)
+
+    def _loop(self, todo: list[PlannedRun], running: list, total: int) -> None:
+        started_count, finished, durations, clock = 0, 0, [], time.time()
+        while todo or running:
+            while todo and len(running) < self.jobs:
+                run = todo.pop(0)
+                load = os.getloadavg()[0]
+                process, handle, started = self.start(run)
+                running.append((run, process, handle, started, load))
+                started_count += 1
+                self.say(f"[start {started_count}/{total}] {run.cell.label} -> {run.directory}")
+            time.sleep(0.5)
+            for entry in list(running):
+                run, process, handle, started, load = entry
+                if process.poll() is None:
+                    continue
+                handle.close()
+                running.remove(entry)
+                finished += 1
+                ok = self.finish(run, process.returncode, started, load)
+                durations.append(time.time() - started)
+                left = len(todo) + len(running)
+                eta = sum(durations) / len(durations) * left / self.jobs
+                status = f"done in {format_duration(durations[-1])}  {headline(run)}" if ok else "failed"
+                self.say(f"[{finished}/{total}] {run.cell.label}: {status}  (elapsed "
+                         f"{format_duration(time.time() - clock)}, ETA {format_duration(eta)})")
