@@ -156,8 +156,9 @@ def markdown_table(grid: Grid, summaries: list[CellSummary], command: str) -> st
         lines += [grid.description, ""]
     finished = sum(len(s.records) for s in summaries)
     planned = sum(s.seeds_planned for s in summaries)
-    lines += [f"Made by `{command}` on {time.strftime('%Y-%m-%d')} from {finished} of {planned} planned runs "
-              f"(grid file `{grid.path.name}`; one folder per run under `runs/`).",
+    lines += [f"Made by `{command}` on {time.strftime('%Y-%m-%d')}: {finished} of {planned} cells have a finished run "
+              f"(grid file `{grid.path.name}`; one folder per run under `runs/`; a run shared by two blocks counts "
+              "in both).",
               "", "Each value: mean ± standard deviation over seeds [95 % bootstrap interval over test images of the "
               "seed mean]. HD95 and ASD are over test images with a lesion, in pixels of the 224 px input (lower is "
               "better). Trainable parameters and training time (minutes, wall clock, shared 2-core machine unless "
