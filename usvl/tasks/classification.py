@@ -98,12 +98,26 @@ class ClassificationTask(AdaptedEncoderTask):
             loss = self.loss(logits.float(), labels)
             probabilities = logits.detach().float().softmax(dim=-1)
         else:
-            probabilities = self.predict_probabilities(batch["image"])
-            loss = self.loss(probabilities.clamp_min(1e-8).log(), labels)
+            return probability_step(self, batch)
         return StepOutput(loss, probabilities[:, 1] if self.num_classes == 2 else probabilities, labels)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Class probabilities and predicted class per image, with the image names."""
-        probabilities = self.predict_probabilities(batch["image"])
-        return {"name": batch["name"], "probabilities": probabilities.cpu(),
-                "prediction": probabilities.argmax(dim=-1).cpu()}
+        return probability_predictions(self, batch)
+
+
+def probability_step(task: AdaptedEncoderTask, batch: dict[str, Any]) -> StepOutput:
+    """An evaluation step on ``task.predict_probabilities``: negative log-likelihood and metric inputs.
+
+    The metrics get the class-1 probability with two classes, else all of them.
+    """
+    probabilities = task.predict_probabilities(batch["image"])
+    loss = task.loss(probabilities.clamp_min(1e-8).log(), batch["label"])
+    return StepOutput(loss, probabilities[:, 1] if task.num_classes == 2 else probabilities, batch["label"])
+
+
+def probability_predictions(task: AdaptedEncoderTask, batch: dict[str, Any]) -> dict[str, Any]:
+    """Class probabilities and predicted class per image, with the image names (what the prediction writers read)."""
+    probabilities = task.predict_probabilities(batch["image"])
+    return {"name": batch["name"], "probabilities": probabilities.cpu(),
+            "prediction": probabilities.argmax(dim=-1).cpu()}

@@ -23,6 +23,7 @@ from usvl.metrics import classification_metrics
 from usvl.models.adapters.base import Adapter
 from usvl.models.encoders.base import VisionLanguageEncoder
 from usvl.tasks.base import AdaptedEncoderTask, StepOutput
+from usvl.tasks.classification import probability_predictions, probability_step
 
 
 class ZeroShotClassificationTask(AdaptedEncoderTask):
@@ -91,16 +92,11 @@ class ZeroShotClassificationTask(AdaptedEncoderTask):
 
     def compute_step(self, batch: dict[str, Any], stage: str) -> StepOutput:
         """Probabilities, their negative log-likelihood, and the metric inputs."""
-        labels = batch["label"]
-        probabilities = self.predict_probabilities(batch["image"])
-        loss = self.loss(probabilities.clamp_min(1e-8).log(), labels)
-        return StepOutput(loss, probabilities[:, 1] if self.num_classes == 2 else probabilities, labels)
+        return probability_step(self, batch)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Class probabilities and predicted class per image, with the image names."""
-        probabilities = self.predict_probabilities(batch["image"])
-        return {"name": batch["name"], "probabilities": probabilities.cpu(),
-                "prediction": probabilities.argmax(dim=-1).cpu()}
+        return probability_predictions(self, batch)
 
     def on_fit_start(self) -> None:
         """Refuse to train: zero-shot classification has nothing to fit.
