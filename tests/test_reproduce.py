@@ -54,6 +54,17 @@ def test_grid_expansion_order_and_arguments(tmp_path: Path) -> None:
     assert probe[probe.index("--seed_everything") + 1] == "1"
 
 
+def test_block_task_arguments_reach_that_task_only(tmp_path: Path) -> None:
+    blocks = [{"name": "main", "datasets": ["thyroid_cls", "thyroid_seg"], "methods": ["linear_probe"],
+               "args": {"trainer.max_epochs": 4}, "segmentation": {"args": {"trainer.max_epochs": 2}}}]
+    cells = load_grid(write_grid(tmp_path, blocks=blocks)).cells
+
+    def epochs(args: tuple[str, ...]) -> list[str]:
+        return [args[i + 1] for i, arg in enumerate(args) if arg == "--trainer.max_epochs"]
+
+    assert [(c.task, epochs(c.args)) for c in cells] == [("classification", ["4"]), ("segmentation", ["4", "2"])]
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"blocks": [{"datasets": ["nope"], "methods": ["linear_probe"]}]}, "datasets"),
     ({"blocks": [{"datasets": ["thyroid_cls"], "methods": ["nope"]}]}, "methods"),

@@ -3,7 +3,8 @@
 A grid file (``configs/reproduce/*.yaml``) names its ``output`` folder, the ``datasets`` (an experiment config and
 its task), the ``methods`` (config files and dotted-key arguments layered on the experiment, optionally different
 per task) and one or more ``blocks``, each a product of some datasets, methods, seeds and few-shot fractions with
-its own extra arguments. ``include:`` pulls in another grid file whose keys the including file overrides, so the
+its own extra arguments (and, like a method, ``classification:`` / ``segmentation:`` arguments for one task only,
+e.g. fewer epochs for segmentation). ``include:`` pulls in another grid file whose keys the including file overrides, so the
 grids share one list of datasets and methods.
 
 A cell's command line is ``--config <experiment> [--config <file> ...] [--<key> <value> ...] --seed_everything <seed>
@@ -170,6 +171,7 @@ def load_grid(path: str | Path, output: str | Path | None = None) -> Grid:
         if bad:
             raise GridError(f"{where}: fractions {bad} outside (0, 100]")
         block_arguments = layer_arguments({k: v for k, v in block.items() if k in ("configs", "args")}, where)
+        block_task_arguments = {task: layer_arguments(block.get(task) or {}, f"{where} ({task})") for task in TASKS}
         for dataset_name in block["datasets"]:
             dataset = datasets[dataset_name]
             task = dataset["task"]
@@ -183,7 +185,8 @@ def load_grid(path: str | Path, output: str | Path | None = None) -> Grid:
                 method_arguments += layer_arguments(method.get(task) or {}, f"{method_where} ({task})")
                 for fraction in fractions:
                     for seed in seeds:
-                        arguments = [*dataset_arguments, *block_arguments, *method_arguments,
+                        arguments = [*dataset_arguments, *block_arguments, *block_task_arguments[task],
+                                     *method_arguments,
                                      "--seed_everything", str(seed)]
                         if fraction < 100:
                             arguments += ["--data.init_args.few_shot", f"{fraction:g}"]
