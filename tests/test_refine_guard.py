@@ -72,3 +72,14 @@ def test_negation_reaches_to_the_end_of_the_clause_only():
     assert Finding("calcification", "calcification", True) in findings
     assert Finding("posterior", "enhancement", False) in findings
     assert Finding("orientation", "not_parallel") in extract_findings("A mass not parallel to the skin.")
+
+
+@pytest.mark.parametrize(("source", "refined", "accepted"), [
+    ("A highly suspicious TI-RADS 5 thyroid nodule, solid.", "A highly suspicious thyroid nodule, solid.", False),
+    ("A highly suspicious TI-RADS 5 thyroid nodule, solid.", "A solid, highly suspicious TR5 thyroid nodule.", True),
+    ("A low-suspicion TI-RADS 1 to 3 thyroid nodule.", "A low-suspicion TI-RADS 4 thyroid nodule.", False),
+    ("A BI-RADS 2 or 3 breast mass.", "A BI-RADS 2 or 3 mass of the breast.", True),
+    ("A BI-RADS 5 breast mass.", "A breast mass.", False),
+])
+def test_reporting_categories_are_findings(source, refined, accepted):
+    assert check_refinement(source, refined).accepted is accepted

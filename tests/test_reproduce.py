@@ -15,7 +15,8 @@ from shipped_configs import CONFIGS
 from usvl.reproduce.case_metrics import bootstrap_interval, classification_scores, scores_of_cases
 from usvl.reproduce.cli import reproduce_main
 from usvl.reproduce.grid import GridError, load_grid
-from usvl.reproduce.runner import DONE_FILE, plan
+from usvl.reproduce.resolve import resolve_config
+from usvl.reproduce.runner import DONE_FILE, grown_keys, plan
 
 SHIPPED_GRIDS = sorted(p for p in (CONFIGS / "reproduce").glob("*.yaml") if p.stem != "cells")
 """The grid files; ``cells.yaml`` holds the datasets and methods they include."""
@@ -27,8 +28,6 @@ def test_shipped_grids_expand_and_resolve(path: Path) -> None:
     assert grid.cells and grid.output.parts[0] == "results"
     first_of_each_method = {cell.method: cell for cell in reversed(grid.cells)}
     for cell in first_of_each_method.values():  # every method's arguments parse (configs exist, keys are valid)
-        from usvl.reproduce.resolve import resolve_config
-
         assert "model:" in resolve_config(cell.args)
 
 
@@ -87,6 +86,33 @@ def test_identical_configs_share_a_run_and_edits_change_the_hash(tmp_path: Path)
     changed = plan(load_grid(write_grid(tmp_path, blocks=blocks)))
     assert changed[0].config_hash != runs[0].config_hash
     assert changed[2].config_hash == runs[2].config_hash
+
+
+def test_grown_keys_accept_added_options_only() -> None:
+    stored = {"a": 1, "b": {"c": [{"d": 2}]}}
+    assert grown_keys(stored, {"a": 1, "b": {"c": [{"d": 2, "e": 3}]}, "f": 4}) == ["f", "b.c.0.e"]
+    assert grown_keys(stored, {"a": 2, "b": {"c": [{"d": 2}]}}) is None  # a changed value
+    assert grown_keys(stored, {"b": {"c": [{"d": 2}]}}) is None  # a removed option
+    assert grown_keys(stored, {"a": 1, "b": {"c": [{"d": 2}, {"d": 3}]}}) is None  # a longer list
+
+
+def test_a_finished_run_is_reused_when_later_code_only_added_options(tmp_path: Path) -> None:
+    grid = load_grid(write_grid(tmp_path))
+    cell = grid.cells[0]
+    resolved = yaml.safe_load(resolve_config(cell.args))
+    old_run = grid.output / "runs" / cell.dataset / cell.method / cell.fraction_tag / f"seed{cell.seed}-0ld0ld0ld0"
+    old_run.mkdir(parents=True)
+    stored = {**resolved, "trainer": {k: v for k, v in resolved["trainer"].items() if k != "log_every_n_steps"}}
+    stored["trainer"]["logger"] = {**stored["trainer"]["logger"],
+                                   "init_args": {**stored["trainer"]["logger"]["init_args"], "save_dir": str(old_run)}}
+    (old_run / "config.yaml").write_text(yaml.safe_dump(stored), encoding="utf-8")
+    (old_run / DONE_FILE).write_text("{}", encoding="utf-8")
+    first = plan(grid)[0]
+    assert first.done and first.directory == old_run and first.grown_keys == ("trainer.log_every_n_steps",)
+    stored["trainer"]["max_epochs"] = resolved["trainer"]["max_epochs"] + 1
+    (old_run / "config.yaml").write_text(yaml.safe_dump(stored), encoding="utf-8")
+    rerun = plan(grid)[0]
+    assert not rerun.done and rerun.directory != old_run
 
 
 def test_slurm_script_covers_every_cell(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

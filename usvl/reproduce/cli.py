@@ -105,7 +105,7 @@ def print_plan(runs: Sequence) -> None:
         if run.duplicate_of is not None:
             status = f"same as {run.duplicate_of}"
         elif (run.directory / DONE_FILE).is_file():
-            status, done = "done", done + 1
+            status, done = ("done*" if run.grown_keys else "done"), done + 1
         else:
             status = "to do"
         fraction = "100%" if cell.fraction >= 100 else f"{cell.fraction:g}%"
@@ -113,3 +113,6 @@ def print_plan(runs: Sequence) -> None:
               f"{status:<11} {run.directory}")
     unique = sum(1 for run in runs if run.duplicate_of is None)
     print(f"{len(runs)} cells, {unique} distinct runs, {done} done, {unique - done} to do")
+    grown = sorted({key for run in runs for key in run.grown_keys})
+    if grown:
+        print(f"done*: finished before these options existed (they run at their defaults): {', '.join(grown)}")

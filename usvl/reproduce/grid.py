@@ -4,8 +4,8 @@ A grid file (``configs/reproduce/*.yaml``) names its ``output`` folder, the ``da
 its task), the ``methods`` (config files and dotted-key arguments layered on the experiment, optionally different
 per task) and one or more ``blocks``, each a product of some datasets, methods, seeds and few-shot fractions with
 its own extra arguments (and, like a method, ``classification:`` / ``segmentation:`` arguments for one task only,
-e.g. fewer epochs for segmentation). ``include:`` pulls in another grid file whose keys the including file overrides, so the
-grids share one list of datasets and methods.
+e.g. fewer epochs for segmentation). ``include:`` pulls in another grid file whose keys the including file
+overrides, so the grids share one list of datasets and methods.
 
 A cell's command line is ``--config <experiment> [--config <file> ...] [--<key> <value> ...] --seed_everything <seed>
 [--data.init_args.few_shot <fraction>]``; a fraction of 100 (or none) trains on the whole training split.

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from usvl.reproduce.grid import Cell, Grid
 from usvl.reproduce.resolve import config_hash, resolve_config
 from usvl.utils.report import write_json_atomic
@@ -39,12 +41,15 @@ class PlannedRun:
         config_hash: Hash of its resolved config.
         directory: Its run directory.
         duplicate_of: Index of an earlier cell with the same resolved config (this one is not run again).
+        grown_keys: Set when a finished run of an earlier config is reused (see :func:`grown_keys`): the options
+            today's config has and that run's did not.
     """
 
     cell: Cell
     config_hash: str
     directory: Path
     duplicate_of: int | None = None
+    grown_keys: tuple[str, ...] = ()
 
     @property
     def done(self) -> bool:
@@ -52,18 +57,78 @@ class PlannedRun:
         return (self.directory / DONE_FILE).is_file()
 
 
+RUN_LOCATION_KEYS = ("save_dir", "name", "version")
+"""The logger keys the runner sets per run (``fit_command``); they are not part of a run's identity."""
+
+
+def grown_keys(stored: Any, resolved: Any, prefix: str = "") -> list[str] | None:
+    """The options ``resolved`` adds to ``stored``, or ``None`` when a value ``stored`` has differs.
+
+    A finished run stays valid when later code only added options (new keys, which a finished run ran without,
+    so at the behaviour their defaults keep); any changed value means the cell must run again.
+    """
+    if isinstance(stored, dict) and isinstance(resolved, dict):
+        if set(stored) - set(resolved):
+            return None
+        added = [f"{prefix}{key}" for key in resolved if key not in stored]
+        for key in stored:
+            below = grown_keys(stored[key], resolved[key], f"{prefix}{key}.")
+            if below is None:
+                return None
+            added += below
+        return added
+    if isinstance(stored, list) and isinstance(resolved, list) and len(stored) == len(resolved):
+        added = []
+        for index, (old, new) in enumerate(zip(stored, resolved, strict=True)):
+            below = grown_keys(old, new, f"{prefix}{index}.")
+            if below is None:
+                return None
+            added += below
+        return added
+    return [] if stored == resolved else None
+
+
+def finished_run_with_fewer_options(folder: Path, seed: int, resolved: dict) -> tuple[Path, list[str]] | None:
+    """A finished run of this cell in ``folder`` whose stored config ``resolved`` only adds options to."""
+    if not folder.is_dir():
+        return None
+    for candidate in sorted(folder.glob(f"seed{seed}-*/{DONE_FILE}")):
+        config_file = candidate.parent / "config.yaml"
+        if not config_file.is_file():
+            continue
+        stored = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        logger = ((stored.get("trainer") or {}).get("logger") or {}).get("init_args")
+        wanted = ((resolved.get("trainer") or {}).get("logger") or {}).get("init_args")
+        if isinstance(logger, dict) and isinstance(wanted, dict):
+            logger.update({key: wanted.get(key) for key in RUN_LOCATION_KEYS if key in logger})
+        added = grown_keys(stored, resolved)
+        if added is not None:
+            return candidate.parent, added
+    return None
+
+
 def plan(grid: Grid) -> list[PlannedRun]:
-    """Resolve every cell's config, hash it and place its run directory; cells with equal configs share one run."""
+    """Resolve every cell's config, hash it and place its run directory; cells with equal configs share one run.
+
+    A cell whose own directory holds no finished run reuses a finished run of the same cell whose config differs
+    only by options added since (:func:`grown_keys`), so that a new option with a default does not rerun a grid.
+    """
     planned: list[PlannedRun] = []
     first_by_hash: dict[str, PlannedRun] = {}
     for cell in grid.cells:
-        digest = config_hash(resolve_config(cell.args))
+        resolved = resolve_config(cell.args)
+        digest = config_hash(resolved)
         earlier = first_by_hash.get(digest)
         if earlier is not None:
             planned.append(PlannedRun(cell, digest, earlier.directory, earlier.cell.index))
             continue
-        directory = grid.output / "runs" / cell.dataset / cell.method / cell.fraction_tag / f"seed{cell.seed}-{digest}"
+        folder = grid.output / "runs" / cell.dataset / cell.method / cell.fraction_tag
+        directory = folder / f"seed{cell.seed}-{digest}"
         run = PlannedRun(cell, digest, directory)
+        if not run.done:
+            reusable = finished_run_with_fewer_options(folder, cell.seed, yaml.safe_load(resolved) or {})
+            if reusable is not None:
+                run = PlannedRun(cell, digest, reusable[0], grown_keys=tuple(reusable[1]))
         first_by_hash[digest] = run
         planned.append(run)
     return planned

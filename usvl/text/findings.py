@@ -103,7 +103,28 @@ LEXICON: dict[str, dict[str, tuple[bool, tuple[str, ...]]]] = {
         "bulge": (True, ("bulge", "capsular bulge")),
     },
 }
-"""Descriptor vocabulary: category -> value -> (suspicious for malignancy, terms in normalised form)."""
+
+
+def _category_terms(system: str, spellings: tuple[str, ...], levels: range, suspicious_from: int,
+                    ranges: tuple[tuple[int, int], ...]) -> dict[str, tuple[bool, tuple[str, ...]]]:
+    """Lexicon values for a reporting system's categories (``TI-RADS 5``, ``TR5``, ``BI-RADS 2 or 3``)."""
+    values = {f"{system}{level}": (level >= suspicious_from,
+                                   tuple(f"{spelling}{level}" for spelling in spellings))
+              for level in levels}
+    for low, high in ranges:
+        values[f"{system}{low}_{high}"] = (high >= suspicious_from,
+                                          tuple(f"{spelling}{low} {word} {high}" for spelling in spellings
+                                                for word in ("to", "or")))
+    return values
+
+
+LEXICON["category"] = {
+    **_category_terms("tr", ("ti rads ", "tirads ", "tr ", "tr"), range(1, 6), 4, ((1, 3), (2, 3), (4, 5))),
+    **_category_terms("birads", ("bi rads ", "birads "), range(0, 7), 4, ((2, 3), (4, 5))),
+}
+"""Descriptor vocabulary: category -> value -> (suspicious for malignancy, terms in normalised form). The
+``category`` entries are the reporting systems' assessment categories (ACR TI-RADS TR1-TR5, BI-RADS 0-6): a
+refinement that drops or changes one is rejected like a changed descriptor."""
 
 NEGATIONS = ("no", "without", "absent", "absence of", "loss of", "not", "negative for", "free of", "lacks")
 """Cue words that negate the findings after them, up to the end of the clause."""
