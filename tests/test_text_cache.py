@@ -306,3 +306,36 @@ def test_refined_sentences_replace_the_descriptions(tmp_path, encoder):
     assert record["texts"] == [["An oval nodule with smooth margins."], ["irregular nodule"]]
     assert "tiny-llm@abc" in record["provenance"]["refinement"]
     assert module.text_record["refined"] == str(refined)
+
+
+def test_a_configured_refiner_runs_once_and_later_runs_read_its_cache(tmp_path, encoder, caplog):
+    descriptions = write_descriptions(tmp_path / "d.yaml", ["smooth oval nodule"], ["irregular nodule"])
+    table = tmp_path / "static.jsonl"
+    table.write_text(json.dumps({"source": "smooth oval nodule", "refined": "An oval nodule with smooth margins."})
+                     + "\n")
+    spec = {"name": "static", "path": str(table)}
+    texts = []
+    for _ in range(2):
+        module = RecordingModule(encoder=encoder, class_names=["benign", "malignant"])
+        callback = TextEmbeddingCache(str(descriptions), cache_dir=str(tmp_path / "text"), refiner=spec,
+                                      free_text_tower=False)
+        with caplog.at_level(logging.INFO, logger="usvl.text"):
+            callback.setup(None, module, "fit")
+        texts.append(torch.load(callback.last_path, weights_only=True)["texts"])
+    assert texts[0] == texts[1] == [["An oval nodule with smooth margins."], ["irregular nodule"]]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("Refinement cache miss" in m for m in messages) == 1
+    assert sum("Refinement cache hit" in m for m in messages) == 1
+    assert sum("Text-embedding cache hit" in m for m in messages) == 1
+    (refined,) = (tmp_path / "refined").glob("*.jsonl")
+    assert module.text_record["refined"] == str(refined)
+    table.write_text(json.dumps({"source": "smooth oval nodule", "refined": "A smooth, oval nodule."}) + "\n")
+    module = RecordingModule(encoder=encoder, class_names=["benign", "malignant"])
+    TextEmbeddingCache(str(descriptions), cache_dir=str(tmp_path / "text"), refiner=spec,
+                       free_text_tower=False).setup(None, module, "fit")
+    assert len(list((tmp_path / "refined").glob("*.jsonl"))) == 2  # an edited refiner input refines again
+
+
+def test_refined_file_and_refiner_exclude_each_other(tmp_path):
+    with pytest.raises(ValueError, match="not both"):
+        TextEmbeddingCache("d.yaml", refined="r.jsonl", refiner={"name": "static", "path": "r.jsonl"})

@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import Callback
 
 from usvl.paths import cache_dir
 from usvl.text.prompts import load_descriptions, load_refinements
+from usvl.text.refine_cache import cached_refinement, load_refiner_spec
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,10 @@ class TextEmbeddingCache(Callback):
             the descriptions' sentences (template prompts stay).
         free_text_tower: After encoding, release the text tower (when the backend can reload it and the module
             does not set ``needs_text_tower``).
+        refiner: Refine the descriptions with an LLM before the first use, once: ``{name: transformers, model:
+            <id or folder>, gguf_file: ..., prompt_file: ...}`` (or ``static``/``openai`` with their options, see
+            ``usvl text refine --help``), or a YAML file of it (``configs/text/refiners/``). The result is
+            cached (:mod:`usvl.text.refine_cache`) and later runs only read it; excludes ``refined``.
     """
 
     def __init__(
@@ -186,15 +191,20 @@ class TextEmbeddingCache(Callback):
         ablation_seed: int = 0,
         refined: str | None = None,
         free_text_tower: bool = True,
+        refiner: str | dict[str, Any] | None = None,
     ) -> None:
         if ablation not in ABLATIONS:
             raise ValueError(f"text ablation must be one of {list(ABLATIONS)}, got {ablation!r}")
+        if refined and refiner:
+            raise ValueError("Give text.refined (a JSONL made by `usvl text refine`) or text.refiner (refine when "
+                             "the run starts), not both")
         self.descriptions = descriptions
         self.cache_dir = cache_dir
         self.ablation = ablation
         self.ablation_seed = ablation_seed
         self.refined = refined
         self.free_text_tower = free_text_tower
+        self.refiner = load_refiner_spec(refiner) if refiner else None
         self.last_path: Path | None = None
         self.last_hit: bool | None = None
         self.last_memory_mb: tuple[float, float] | None = None
@@ -210,11 +220,15 @@ class TextEmbeddingCache(Callback):
             return
         class_names = list(getattr(pl_module, "class_names", None) or trainer.datamodule.class_names)
         descriptions = load_descriptions(self.descriptions)
-        if self.refined:
-            refinements, provenance = load_refinements(self.refined)
+        refined = self.refined
+        if self.refiner:
+            folder = Path(self.cache_dir).parent / "refined" if self.cache_dir else cache_dir() / "refined"
+            refined = str(cached_refinement(descriptions.source, self.refiner, folder))
+        if refined:
+            refinements, provenance = load_refinements(refined)
             descriptions, replaced = descriptions.with_refinements(refinements, provenance)
             report = log.info if replaced else log.warning
-            report("Refined descriptions from %s (%s): %d sentences replaced", self.refined,
+            report("Refined descriptions from %s (%s): %d sentences replaced", refined,
                    provenance.get("model"), replaced)
         texts = descriptions.for_classes(class_names)
         encoder = pl_module.encoder
@@ -242,7 +256,7 @@ class TextEmbeddingCache(Callback):
         if self.ablation != "none":
             self._warn_ablation(ablation, class_names)
         pl_module.set_text_embeddings(embeddings)
-        self._remember(pl_module, {"descriptions": descriptions.source, "refined": self.refined,
+        self._remember(pl_module, {"descriptions": descriptions.source, "refined": refined,
                                    "cache_key": key, "weights_fingerprint": fingerprint, **ablation})
 
     def _remember(self, pl_module: pl.LightningModule, record: dict[str, Any]) -> None:

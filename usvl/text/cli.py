@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from usvl.text.refine import DEFAULT_INSTRUCTION, REFINERS, build_refiner, exists_error, refine_file
+from usvl.text.refine_cache import load_refiner_spec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "source is rejected and the source text kept; rejections are counted and listed. The output "
                     "is a new JSONL file (never overwritten). Exit code 2 on unusable input; with --strict, 1 when any "
                     "text was rejected.")
-    refine.add_argument("--refiner", required=True, choices=sorted(REFINERS))
+    refine.add_argument("--config", default=None,
+                        help="YAML of refiner settings, the same mapping an experiment's text.refiner takes: name "
+                             "(the back-end), prompt_file and the back-end's options (e.g. model, gguf_file, "
+                             "batch_size, max_new_tokens); flags given here override it.")
+    refine.add_argument("--refiner", default=None, choices=sorted(REFINERS),
+                        help="The back-end (or name: in --config).")
     refine.add_argument("--input", required=True, help="Texts: .jsonl (strings or {text: ...}) or .yaml "
                                                        "(a list, texts: [...], or classes: {name: [...]}).")
     refine.add_argument("--output", required=True, help="New JSONL file to write.")
@@ -44,24 +50,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def refiner_options(options: argparse.Namespace) -> dict[str, Any]:
-    """The keyword options of the chosen back-end, from the command line.
+REQUIRED_OPTIONS = {"static": ("path",), "transformers": ("model",), "openai": ("model", "base_url")}
+"""The back-end options a refiner cannot do without (constructor keyword names)."""
 
-    Raises:
-        ValueError: A required option of the back-end is missing.
-    """
-    required = {"static": ("refinements",), "transformers": ("model",), "openai": ("model", "base_url")}
-    missing = [f"--{name.replace('_', '-')}" for name in required[options.refiner] if not getattr(options, name)]
-    if missing:
-        raise ValueError(f"the {options.refiner} refiner needs {', '.join(missing)}")
-    if options.refiner == "static":
+FLAG_OF_OPTION = {"path": "--refinements", "max_retries": "--retries", "do_sample": "--sample",
+                  "max_tokens": "--max-new-tokens"}
+"""Command-line flags whose name differs from the back-end option they set."""
+
+
+def refiner_options(options: argparse.Namespace, name: str) -> dict[str, Any]:
+    """The back-end keyword options given on the command line (``None`` where a flag is not given)."""
+    if name == "static":
         return {"path": options.refinements}
     common = {"model": options.model, "temperature": options.temperature, "seed": options.seed}
-    if options.refiner == "transformers":
+    if name == "transformers":
         return {**common, "gguf_file": options.gguf_file, "device": options.device, "batch_size": options.batch_size,
                 "max_new_tokens": options.max_new_tokens, "do_sample": options.sample or None}
     return {**common, "base_url": options.base_url, "api_key_env": options.api_key_env, "timeout": options.timeout,
             "max_retries": options.retries, "concurrency": options.concurrency, "max_tokens": options.max_new_tokens}
+
+
+def refiner_spec(options: argparse.Namespace) -> dict[str, Any]:
+    """The refiner settings: ``--config`` (if any) overridden by the flags; ``name``, ``prompt_file`` and options.
+
+    Raises:
+        ValueError: No back-end is named, the config file is not a refiner mapping, or a required option is missing.
+    """
+    spec = load_refiner_spec(options.config) if options.config else {}
+    name = options.refiner or spec.get("name")
+    if name not in REFINERS:
+        raise ValueError(f"choose the refiner with --refiner or name: in --config, one of {sorted(REFINERS)}; "
+                         f"got {name!r}")
+    flags = {key: value for key, value in refiner_options(options, name).items() if value is not None}
+    spec = {**spec, **flags, "name": name}
+    if options.prompt_file:
+        spec["prompt_file"] = options.prompt_file
+    missing = [FLAG_OF_OPTION.get(key, f"--{key.replace('_', '-')}") for key in REQUIRED_OPTIONS[name]
+               if not spec.get(key)]
+    if missing:
+        raise ValueError(f"the {name} refiner needs {', '.join(missing)}")
+    return spec
 
 
 def refine_main(options: argparse.Namespace) -> int:
@@ -69,9 +97,11 @@ def refine_main(options: argparse.Namespace) -> int:
     try:
         if Path(options.output).exists():
             raise exists_error(options.output)
-        instruction = Path(options.prompt_file).read_text(encoding="utf-8").strip() if options.prompt_file \
-            else DEFAULT_INSTRUCTION
-        refiner = build_refiner(options.refiner, **refiner_options(options))
+        spec = refiner_spec(options)
+        backend = {key: value for key, value in spec.items() if key not in ("name", "prompt_file")}
+        prompt_file = spec.get("prompt_file")
+        instruction = Path(prompt_file).read_text(encoding="utf-8").strip() if prompt_file else DEFAULT_INSTRUCTION
+        refiner = build_refiner(spec["name"], **backend)
         summary = refine_file(options.input, options.output, refiner, instruction)
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as error:
         print(f"usvl text refine: {error}", file=sys.stderr)

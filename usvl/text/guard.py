@@ -32,13 +32,20 @@ def _names(findings: set[Finding]) -> str:
     return ", ".join(finding.describe() for finding in sorted(findings)) or "nothing"
 
 
+GENERIC_CATEGORY = "finding"
+"""The lexicon category of the generic lesion words, which a refinement may add (unless the source is normal)."""
+
+
 def check_refinement(source: str, refined: str) -> Verdict:
     """Compare the findings of ``refined`` with those of ``source``, category by category.
 
     For every lexicon category the source names (margin, echogenicity, ...), the refinement must state the same
     values with the same negation. A category's values that vanish are *dropped*; different or extra values are a
     *change*, reported as *malignant feature turned benign* when a suspicious source finding gives way to benign
-    ones. Categories the source does not mention are not checked (a refinement may elaborate).
+    ones. A finding in a category the source does not mention is *added* and rejected too (the instruction asks
+    for no new findings): a new assessment, reporting category, descriptor or calcification. The one exception is
+    the generic lesion word (``mass``, ``nodule``, ``lesion``), which a paraphrase may add unless the source is
+    normal.
 
     Args:
         source: The text that was refined.
@@ -63,4 +70,9 @@ def check_refinement(source: str, refined: str) -> Verdict:
             reasons.append(f"malignant feature turned benign: {category} {_names(before)} -> {_names(after)}")
         else:
             reasons.append(f"changed {category}: {_names(before)} -> {_names(after)}")
+    normal_source = Finding("assessment", "normal") in source_findings.get("assessment", set())
+    for category in sorted(set(refined_findings) - set(source_findings)):
+        if category == GENERIC_CATEGORY and not normal_source:
+            continue
+        reasons.append(f"added {category} {_names(refined_findings[category])}")
     return Verdict(not reasons, reasons)
