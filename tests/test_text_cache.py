@@ -1,9 +1,11 @@
 import json
 import logging
 import os
+import random
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from tiny_models import write_tiny_open_clip_config
@@ -339,3 +341,30 @@ def test_a_configured_refiner_runs_once_and_later_runs_read_its_cache(tmp_path, 
 def test_refined_file_and_refiner_exclude_each_other(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         TextEmbeddingCache("d.yaml", refined="r.jsonl", refiner={"name": "static", "path": "r.jsonl"})
+
+
+def test_refining_leaves_the_random_streams_as_they_were(tmp_path, monkeypatch):
+    from usvl.text import refine_cache
+
+    descriptions = write_descriptions(tmp_path / "d.yaml", ["smooth oval nodule"], ["irregular nodule"])
+    table = tmp_path / "static.jsonl"
+    table.write_text(json.dumps({"source": "irregular nodule", "refined": "An irregular nodule."}) + "\n")
+    original = refine_cache.refine_texts
+
+    def reseeding_refiner(*args, **kwargs):  # as an LLM's seeded generation does
+        torch.manual_seed(1234)
+        random.seed(1234)
+        np.random.seed(1234)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(refine_cache, "refine_texts", reseeding_refiner)
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+    refine_cache.cached_refinement(descriptions, {"name": "static", "path": str(table)}, tmp_path / "refined")
+    after = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(after[0], expected[0]) and after[1:] == expected[1:]

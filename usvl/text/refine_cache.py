@@ -8,19 +8,36 @@ local model files. Later runs read the file and never load the LLM.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 import yaml
 
 from usvl.text.prompts import resolve_config_path
 from usvl.text.refine import DEFAULT_INSTRUCTION, build_refiner, load_texts, refine_texts, write_jsonl_new
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def preserved_random_state() -> Iterator[None]:
+    """Restore Python's, NumPy's and torch's (CPU and CUDA) random states on exit; LLM generation seeds them."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 def load_refiner_spec(spec: str | Path | dict[str, Any]) -> dict[str, Any]:
@@ -90,7 +107,8 @@ def cached_refinement(descriptions: str | Path, spec: dict[str, Any], folder: Pa
         log.info("Refinement cache hit: %s (%d sentences; the %s refiner is not loaded)", path, len(items), name)
         return path
     started = time.perf_counter()
-    records, summary = refine_texts(items, build_refiner(name, **options), instruction)
+    with preserved_random_state():  # a run that refines must train exactly like one that reads the cache
+        records, summary = refine_texts(items, build_refiner(name, **options), instruction)
     try:
         write_jsonl_new(path, records)
     except FileExistsError:
