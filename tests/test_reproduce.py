@@ -144,6 +144,8 @@ def test_every_run_dir_holds_its_config_metrics_and_cases(finished_grid: dict) -
         assert (run.directory / "test_cases.csv").is_file()
         record = json.loads((run.directory / DONE_FILE).read_text())
         assert record["config_hash"] == run.config_hash and record["status"] == "done"
+        if (Path(__file__).resolve().parents[1] / ".git").exists():  # the code each run started with
+            assert len(record["code"]["git_commit"]) == 40 and isinstance(record["code"]["git_dirty"], bool)
         resolved = yaml.safe_load((run.directory / "config.yaml").read_text())
         assert resolved["seed_everything"] == run.cell.seed
 

@@ -134,6 +134,25 @@ def plan(grid: Grid) -> list[PlannedRun]:
     return planned
 
 
+def code_version() -> dict[str, Any]:
+    """The code a run starts with: usvl's version and, in a git checkout, the commit and whether it was edited."""
+    import usvl
+
+    record: dict[str, Any] = {"usvl": getattr(usvl, "__version__", "unknown")}
+    root = Path(usvl.__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                 "usvl", "configs"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return record
+    if commit.returncode == 0:
+        record["git_commit"] = commit.stdout.strip()
+        record["git_dirty"] = bool(status.stdout.strip())
+    return record
+
+
 def fit_command(run: PlannedRun) -> list[str]:
     """The ``usvl fit`` command of a run, writing into its run directory."""
     return [sys.executable, "-m", "usvl", "fit", *run.cell.args,
@@ -185,6 +204,7 @@ class GridRunner:
         self.stream = stream
         self.threads = max(1, available_cores() // jobs)
         self.failed: list[PlannedRun] = []
+        self.code: dict[Path, dict[str, Any]] = {}
 
     def say(self, text: str) -> None:
         """Print a progress line."""
@@ -204,6 +224,7 @@ class GridRunner:
         (run.directory / "command.txt").write_text(" ".join(command[1:]) + "\n", encoding="utf-8")
         handle = (run.directory / "train.log").open("w", encoding="utf-8")
         environment = {**os.environ, "USVL_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1"}
+        self.code[run.directory] = code_version()
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment)
         return process, handle, time.time()
 
@@ -218,7 +239,8 @@ class GridRunner:
                       "wall_seconds": round(seconds, 1), "threads": self.threads, "parallel_jobs": self.jobs,
                       "load_average_at_start": round(load_at_start, 2),
                       "load_average_at_end": round(os.getloadavg()[0], 2),
-                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": fit_command(run)[1:]}
+                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": fit_command(run)[1:],
+                      "code": self.code.get(run.directory, {})}
             write_json_atomic(run.directory / DONE_FILE, record)
             return True
         tail = (run.directory / "train.log").read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
