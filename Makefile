@@ -32,7 +32,7 @@ reproduce-quick: $(BIN)/usvl ## Every dataset x method once, small data, few epo
 test: $(BIN)/usvl ## Run the fast test suite (offline, CPU)
 	$(BIN)/python -m pytest -q
 
-test-reliability: $(BIN)/usvl ## Kill-and-resume and determinism on real `usvl fit` processes (slow tests, ~3 min; CI)
+test-reliability: $(BIN)/usvl ## Kill-and-resume, determinism and 2-process DDP on real `usvl` runs (slow tests, ~4-5 min; CI)
 	$(BIN)/python -m pytest -q -m slow tests/test_reliability.py
 
 test-full: $(BIN)/usvl ## Run every test, slow ones included

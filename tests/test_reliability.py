@@ -1,7 +1,8 @@
-"""Resume after a kill and determinism, on real ``usvl fit`` processes (slow: ``make test-reliability``, run by CI).
+"""Resume after a kill, determinism and DDP on real ``usvl`` processes (slow: ``make test-reliability``, run by CI).
 
-Every run is the thyroid smoke run for 3 epochs on 75 % of the tiny training split, deterministic, seed 0; the
-reference run is uninterrupted, with no data-loader workers.
+Every resume and determinism run is the thyroid smoke run for 3 epochs on 75 % of the tiny training split,
+deterministic, seed 0; the reference run is uninterrupted, with no data-loader workers. The DDP run is the plain
+smoke run on 2 CPU processes (gloo).
 """
 
 from __future__ import annotations
@@ -38,11 +39,16 @@ def environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "USVL_THREADS": os.environ.get("USVL_THREADS", "1")}
 
 
+def run_usvl(command: list[str]) -> str:
+    """Run a ``usvl`` command to the end; returns its output (standard output and error)."""
+    done = subprocess.run(command, capture_output=True, text=True, env=environment(), cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done.stdout + done.stderr
+
+
 def run_fit(save_dir: Path, *extra: str) -> Path:
     """Run a fit to the end; returns its run folder (``version_0``)."""
-    done = subprocess.run(fit_command(save_dir, *extra), capture_output=True, text=True, env=environment(),
-                          cwd=REPO, timeout=1200)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    run_usvl(fit_command(save_dir, *extra))
     return save_dir / "thyroid_cls" / "version_0"
 
 
@@ -104,3 +110,21 @@ def test_a_fit_killed_mid_training_resumes_from_last_to_the_same_metrics(referen
     resumed = run_fit(tmp_path, "--ckpt_path", "last")
     assert resumed == run and sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
     assert_same_results(reference, resumed)
+
+
+def test_ddp_on_cpu_syncs_test_metrics_and_fills_the_text_cache_once(tmp_path: Path, usvl_cache: Path) -> None:
+    text_cache = ["--text.cache_dir", str(tmp_path / "text")]  # empty: the DDP run must fill it
+    output = run_usvl([sys.executable, "-m", "usvl", "fit", *smoke("thyroid_cls"), *text_cache,
+                       "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+                       "--trainer.logger.init_args.save_dir", str(tmp_path / "ddp")])
+    assert output.count("Text-embedding cache miss") == 1, output[-5000:]
+    assert output.count("Text-embedding cache read on rank 1 (written by rank 0)") == 1
+    run = tmp_path / "ddp" / "thyroid_cls" / "version_0"
+    assert [path.name for path in run.glob("test_metrics*.json")] == ["test_metrics.json"]  # rank 0 writes once
+
+    # AUROC and the rest over the whole test split, not over one rank's half: the same as one process gets
+    best = json.loads((run / "test_metrics.json").read_text())["checkpoint"]
+    run_usvl([sys.executable, "-m", "usvl", "test", *smoke("thyroid_cls"), *text_cache, "--ckpt_path", best,
+              "--trainer.logger.init_args.save_dir", str(tmp_path / "single")])
+    single = test_metrics(tmp_path / "single" / "thyroid_cls" / "version_0")
+    assert test_metrics(run) == pytest.approx(single, abs=1e-6, rel=0) and "test/auroc" in single

@@ -201,6 +201,9 @@ class USVLCLI(LightningCLI):
         self._report([dict(self.trainer.callback_metrics)], {"checkpoint": self._ckpt_path()})
 
     def _report(self, results: list[dict[str, Any]], extra: dict[str, Any]) -> None:
+        log_dir = Path(self.trainer.log_dir or ".")  # every rank must ask (it broadcasts)
+        if not self.trainer.is_global_zero:  # with DDP the metrics are synced: rank 0 writes them once
+            return
         metrics = {k: v for k, v in to_builtin(results[0] if results else {}).items() if k.startswith("test/")}
         payload = {
             "metrics": metrics,
@@ -211,7 +214,6 @@ class USVLCLI(LightningCLI):
             "usvl_version": usvl.__version__,
             **extra,
         }
-        log_dir = Path(self.trainer.log_dir or ".")
         path = write_json_unique(log_dir / "test_metrics.json", payload)
         summary = {**metrics, "trainable_params": payload["trainable_params"],
                    "peak_memory_mb": payload["peak_memory_mb"]}

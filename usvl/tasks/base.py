@@ -232,7 +232,7 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
         if metrics is not None:
             metrics.update(output.predictions, output.target, **output.metric_kwargs)
         self.log(f"{stage}/loss", output.loss, prog_bar=True, on_step=stage == "train", on_epoch=True,
-                 batch_size=len(output.target))
+                 batch_size=len(output.target), sync_dist=True)  # with DDP: the mean over every rank's batches
         return output
 
     def _log_epoch_metrics(self, stage: str) -> None:
