@@ -112,10 +112,12 @@ def test_a_fit_killed_mid_training_resumes_from_last_to_the_same_metrics(referen
     assert_same_results(reference, resumed)
 
 
+DDP = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
+
+
 def test_ddp_on_cpu_syncs_test_metrics_and_fills_the_text_cache_once(tmp_path: Path, usvl_cache: Path) -> None:
     text_cache = ["--text.cache_dir", str(tmp_path / "text")]  # empty: the DDP run must fill it
-    output = run_usvl([sys.executable, "-m", "usvl", "fit", *smoke("thyroid_cls"), *text_cache,
-                       "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+    output = run_usvl([sys.executable, "-m", "usvl", "fit", *smoke("thyroid_cls"), *text_cache, *DDP,
                        "--trainer.logger.init_args.save_dir", str(tmp_path / "ddp")])
     assert output.count("Text-embedding cache miss") == 1, output[-5000:]
     assert output.count("Text-embedding cache read on rank 1 (written by rank 0)") == 1
@@ -128,3 +130,10 @@ def test_ddp_on_cpu_syncs_test_metrics_and_fills_the_text_cache_once(tmp_path: P
               "--trainer.logger.init_args.save_dir", str(tmp_path / "single")])
     single = test_metrics(tmp_path / "single" / "thyroid_cls" / "version_0")
     assert test_metrics(run) == pytest.approx(single, abs=1e-6, rel=0) and "test/auroc" in single
+
+    # the same for `usvl test` on 2 processes
+    run_usvl([sys.executable, "-m", "usvl", "test", *smoke("thyroid_cls"), *text_cache, *DDP, "--ckpt_path", best,
+              "--trainer.logger.init_args.save_dir", str(tmp_path / "ddp_test")])
+    tested = tmp_path / "ddp_test" / "thyroid_cls" / "version_0"
+    assert [path.name for path in tested.glob("test_metrics*.json")] == ["test_metrics.json"]
+    assert test_metrics(tested) == pytest.approx(single, abs=1e-6, rel=0)
