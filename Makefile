@@ -7,7 +7,7 @@ CONFIG ?= configs/thyroid_cls.yaml
 JOBS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full lint format clean-runs reproduce reproduce-quick llm-model
+.PHONY: help install demo test test-full test-reliability lint format clean-runs reproduce reproduce-quick llm-model
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ llm-model: $(BIN)/usvl ## Fetch the offline LLM of the shipped refinements (Qwen
 
 test: $(BIN)/usvl ## Run the fast test suite (offline, CPU)
 	$(BIN)/python -m pytest -q
+
+test-reliability: $(BIN)/usvl ## Kill-and-resume, determinism and 2-process DDP on real `usvl` runs (slow tests, ~4-5 min; CI)
+	$(BIN)/python -m pytest -q -m slow tests/test_reliability.py
 
 test-full: $(BIN)/usvl ## Run every test, slow ones included
 	$(BIN)/python -m pytest -q -m "not gpu"

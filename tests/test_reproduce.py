@@ -96,6 +96,14 @@ def test_grown_keys_accept_added_options_only() -> None:
     assert grown_keys(stored, {"a": 1, "b": {"c": [{"d": 2}, {"d": 3}]}}) is None  # a longer list
 
 
+def test_grown_keys_accept_a_changed_save_last() -> None:
+    stored = {"trainer": {"callbacks": [{"init_args": {"save_last": None, "save_top_k": 1}}]}}
+    resolved = {"trainer": {"callbacks": [{"init_args": {"save_last": True, "save_top_k": 1}}]}}
+    assert grown_keys(stored, resolved) == ["trainer.callbacks.0.init_args.save_last"]
+    resolved["trainer"]["callbacks"][0]["init_args"]["save_top_k"] = 2
+    assert grown_keys(stored, resolved) is None
+
+
 def test_a_finished_run_is_reused_when_later_code_only_added_options(tmp_path: Path) -> None:
     grid = load_grid(write_grid(tmp_path))
     cell = grid.cells[0]

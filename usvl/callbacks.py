@@ -383,9 +383,15 @@ class EpochSummary(Callback):
         self._first_epoch = trainer.current_epoch
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Print the epoch's line (validation has run by now)."""
-        if trainer.is_global_zero and not trainer.sanity_checking:
-            print(self.line(trainer), file=self.stream or sys.stdout, flush=True)
+        """Print the epoch's line (validation has run by now) on rank 0.
+
+        Every rank builds the line: reading ``callback_metrics`` syncs the ``sync_dist`` values across ranks (DDP).
+        """
+        if trainer.sanity_checking:
+            return
+        line = self.line(trainer)
+        if trainer.is_global_zero:
+            print(line, file=self.stream or sys.stdout, flush=True)
 
     def line(self, trainer: pl.Trainer) -> str:
         """The summary line of the epoch that just ended."""

@@ -30,6 +30,9 @@ def main(args: ArgsType = None) -> int | None:
     # the prediction writers need no batch indices. Lightning warns about both.
     warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
     warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices fetched from your dataloader")
+    # With DDP the metrics are torchmetrics values computed over every rank's samples (already synced), not per-rank
+    # numbers to average; Lightning recommends sync_dist for every epoch-level value it sees.
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
     configure_threads()
     if argv and argv[0] == "data":
         from usvl.data.cli import data_main

@@ -23,6 +23,7 @@ import usvl.tasks
 import usvl.text  # noqa: F401  (short class names in configs)
 from usvl.callbacks import EpochSummary, TestCaseWriter
 from usvl.utils.report import format_metrics_table, peak_memory_mb, to_builtin, write_json_unique
+from usvl.utils.resume import resume_version
 
 log = logging.getLogger("usvl")
 
@@ -119,11 +120,19 @@ class USVLCLI(LightningCLI):
         self._report(results, extra)
 
     def before_instantiate_classes(self) -> None:
-        """For ``predict``, build the data module (and through the links the model) with the checkpoint's classes.
+        """Continue a resumed ``fit`` in its run folder; build ``predict``'s data module with the checkpoint's classes.
+
+        ``fit --ckpt_path last`` (or a checkpoint file of the run, ``<save_dir>/<name>/version_N/checkpoints/``)
+        pins the logger to that ``version_N``, so Lightning finds its ``last.ckpt``, the resumed run writes into the
+        same folder and the checkpoint callback keeps the best score of the epochs before the interruption (see
+        :mod:`usvl.utils.resume`). Without any ``last.ckpt`` yet, ``--ckpt_path last`` starts a new run, so a
+        requeued job can always pass it.
 
         Prediction reads no labels, so the classes trained on hold whatever the data config says (e.g. the
         three breast classes when a folder module's default is two).
         """
+        if self.subcommand == "fit":
+            self._continue_resumed_run()
         if self.subcommand != "predict":
             return
         stored = self._checkpoint_class_names()
@@ -131,6 +140,24 @@ class USVLCLI(LightningCLI):
         init_args = data.get("init_args") if data is not None and hasattr(data, "get") else None
         if stored and init_args is not None and "class_names" in init_args:
             init_args["class_names"] = list(stored)
+
+    def _continue_resumed_run(self) -> None:
+        config = self.config.fit
+        ckpt_path = config.get("ckpt_path")
+        logger = config.get("trainer.logger")
+        init_args = logger.get("init_args") if logger is not None and hasattr(logger, "get") else None
+        if not ckpt_path or init_args is None or "save_dir" not in init_args or init_args.get("version") is not None:
+            return
+        run_root = Path(str(init_args.get("save_dir") or ".")) / str(init_args.get("name") or "")
+        found = resume_version(run_root, str(ckpt_path))
+        if found is None:
+            if ckpt_path == "last":
+                log.info("No last.ckpt under %s: --ckpt_path last starts a new run", run_root)
+            return
+        version, file = found
+        if version is not None:
+            init_args["version"] = version
+            log.info("Resuming %s in %s", file, run_root / f"version_{version}")
 
     def before_test(self) -> None:
         """Take the class names stored in the checkpoint, so a test set's labels map to the classes trained on."""
@@ -174,6 +201,9 @@ class USVLCLI(LightningCLI):
         self._report([dict(self.trainer.callback_metrics)], {"checkpoint": self._ckpt_path()})
 
     def _report(self, results: list[dict[str, Any]], extra: dict[str, Any]) -> None:
+        log_dir = Path(self.trainer.log_dir or ".")  # every rank must ask (it broadcasts)
+        if not self.trainer.is_global_zero:  # with DDP the metrics are synced: rank 0 writes them once
+            return
         metrics = {k: v for k, v in to_builtin(results[0] if results else {}).items() if k.startswith("test/")}
         payload = {
             "metrics": metrics,
@@ -184,7 +214,6 @@ class USVLCLI(LightningCLI):
             "usvl_version": usvl.__version__,
             **extra,
         }
-        log_dir = Path(self.trainer.log_dir or ".")
         path = write_json_unique(log_dir / "test_metrics.json", payload)
         summary = {**metrics, "trainable_params": payload["trainable_params"],
                    "peak_memory_mb": payload["peak_memory_mb"]}
@@ -192,15 +221,33 @@ class USVLCLI(LightningCLI):
         print(f"Test metrics written to {path}", flush=True)
 
 
+OUT_OF_MEMORY_ADVICE = (
+    "Out of GPU memory. Lower the batch size (--data.init_args.batch_size; --data.init_args.eval_batch_size for "
+    "validation, test and predict), train in mixed precision (--trainer.precision bf16-mixed, or 16-mixed on GPUs "
+    "without bfloat16) or lower the image size (--data.init_args.image_size); --trainer.accumulate_grad_batches N "
+    "keeps the effective batch size at N times the batch size."
+)
+"""What a GPU out-of-memory error adds: the switches that lower memory."""
+
+
 def run_lightning(args: ArgsType = None) -> USVLCLI:
-    """Run a LightningCLI subcommand (``fit``, ``validate``, ``test``, ``predict``)."""
-    return USVLCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"version": usvl.__version__, "description": DESCRIPTION},
-        args=args,
-    )
+    """Run a LightningCLI subcommand (``fit``, ``validate``, ``test``, ``predict``).
+
+    Raises:
+        torch.OutOfMemoryError: The GPU ran out of memory; the message starts with :data:`OUT_OF_MEMORY_ADVICE`.
+    """
+    import torch
+
+    try:
+        return USVLCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"version": usvl.__version__, "description": DESCRIPTION},
+            args=args,
+        )
+    except torch.OutOfMemoryError as error:
+        raise torch.OutOfMemoryError(f"{OUT_OF_MEMORY_ADVICE}\n{error}") from error

@@ -428,13 +428,21 @@ class UltrasoundDataModule(pl.LightningDataModule):
         return self._dataloader(self.datasets[split], shuffle)
 
     def _dataloader(self, dataset: UltrasoundDataset | StreamingImageDataset, shuffle: bool) -> DataLoader:
+        """A loader of ``dataset``; batches and the global random stream do not depend on ``num_workers``.
+
+        Items draw no random numbers (augmentation runs on whole batches in the main process, see
+        :meth:`on_after_batch_transfer`) and the shuffling order comes from the global torch generator. Workers are
+        not persistent: a persistent loader draws its workers' base seed from that generator in the first epoch
+        only, while a loader without workers (and a fit resumed from a checkpoint) draws it every epoch, which
+        would shift every later shuffle and augmentation.
+        """
         return DataLoader(
             dataset,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             drop_last=shuffle and len(dataset) > self.batch_size,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=False,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -61,11 +61,17 @@ RUN_LOCATION_KEYS = ("save_dir", "name", "version")
 """The logger keys the runner sets per run (``fit_command``); they are not part of a run's identity."""
 
 
+RESULT_NEUTRAL_OPTIONS = ("save_last",)
+"""Options that change what a run keeps on disk, not its results (``ModelCheckpoint.save_last``, turned on when
+resuming after a kill came): a finished run whose config differs from today's only in them is reused."""
+
+
 def grown_keys(stored: Any, resolved: Any, prefix: str = "") -> list[str] | None:
     """The options ``resolved`` adds to ``stored``, or ``None`` when a value ``stored`` has differs.
 
     A finished run stays valid when later code only added options (new keys, which a finished run ran without,
-    so at the behaviour their defaults keep); any changed value means the cell must run again.
+    so at the behaviour their defaults keep) or changed :data:`RESULT_NEUTRAL_OPTIONS`; any other changed value
+    means the cell must run again.
     """
     if isinstance(stored, dict) and isinstance(resolved, dict):
         if set(stored) - set(resolved):
@@ -85,7 +91,9 @@ def grown_keys(stored: Any, resolved: Any, prefix: str = "") -> list[str] | None
                 return None
             added += below
         return added
-    return [] if stored == resolved else None
+    if stored == resolved:
+        return []
+    return [prefix.rstrip(".")] if prefix.rstrip(".").rsplit(".", 1)[-1] in RESULT_NEUTRAL_OPTIONS else None
 
 
 def finished_run_with_fewer_options(folder: Path, seed: int, resolved: dict) -> tuple[Path, list[str]] | None:

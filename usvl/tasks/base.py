@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MetricCollection
 
@@ -20,6 +22,7 @@ from usvl.models.heads.classification import class_prototypes
 from usvl.tasks.gradient_check import parameters_without_gradient, unused_parameters_message
 from usvl.tasks.init_from import resolve_checkpoint, select_weights, transferable_keys
 from usvl.tasks.schedules import SizedByTrainer
+from usvl.utils.rng import collect_rng_states, restore_rng_states
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +232,7 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
         if metrics is not None:
             metrics.update(output.predictions, output.target, **output.metric_kwargs)
         self.log(f"{stage}/loss", output.loss, prog_bar=True, on_step=stage == "train", on_epoch=True,
-                 batch_size=len(output.target))
+                 batch_size=len(output.target), sync_dist=True)  # with DDP: the mean over every rank's batches
         return output
 
     def _log_epoch_metrics(self, stage: str) -> None:
@@ -278,8 +281,16 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
             raise RuntimeError(unused_parameters_message(self, unused))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """Loss on a training batch."""
-        return self._shared_step(batch, "train").loss
+        """Loss on a training batch.
+
+        Raises:
+            NonFiniteLossError: The loss is NaN or infinite; the message names the global step and the batch's
+                images, and what to change.
+        """
+        loss = self._shared_step(batch, "train").loss
+        if not bool(torch.isfinite(loss.detach())):
+            raise NonFiniteLossError(non_finite_loss_message(loss, self.global_step, self.current_epoch, batch))
+        return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Validation loss; update the validation metrics."""
@@ -332,22 +343,84 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
             checkpoint["usvl"]["text"] = dict(self.text_record)  # descriptions, cache key, ablation
         if self.text_embeddings is not None:
             checkpoint["usvl"]["text_embeddings"] = self.text_embeddings.cpu()
+        # Lightning keeps optimiser, scheduler, loop and callback states (they are outside state_dict) but not the
+        # global random streams; a fit resumed from this checkpoint restores them (see on_load_checkpoint).
+        checkpoint["usvl"]["rng_states"] = collect_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check that every trainable weight is present, and restore the saved class text embeddings.
+        """Check the checkpoint fits this model; restore the class text embeddings and, when fitting, the RNG states.
+
+        Resuming a fit (``usvl fit --ckpt_path last``) restores the random streams the checkpoint saved, so the
+        resumed run shuffles and augments as the interrupted one would have; ``test``, ``validate`` and ``predict``
+        leave them alone.
 
         Raises:
+            CheckpointMismatchError: The checkpoint was trained with another encoder or adapter (both named).
             KeyError: The checkpoint misses trainable weights of this model.
         """
+        info = checkpoint.get("usvl", {})
+        check_checkpoint_fits(info, self.encoder.encoder_id, describe_adapter(self.adapter))
         missing = sorted(self.trainable_state_keys() - set(checkpoint["state_dict"]))
         if missing:
             raise KeyError(f"Checkpoint lacks {len(missing)} trainable weights, e.g. {missing[:5]}")
-        embeddings = checkpoint.get("usvl", {}).get("text_embeddings")
+        embeddings = info.get("text_embeddings")
         if embeddings is not None and self.text_embeddings is None:
             self.set_text_embeddings(embeddings)
+        trainer = self._trainer
+        if info.get("rng_states") is not None and trainer is not None and trainer.state.fn == TrainerFn.FITTING:
+            restore_rng_states(info["rng_states"])
 
 
 def describe_adapter(adapter: Adapter) -> str:
     """A one-line description of an adapter spec (class and settings), for checkpoints and messages."""
     settings = ", ".join(f"{key}={value!r}" for key, value in vars(adapter).items() if not key.startswith("_"))
     return f"{type(adapter).__name__}({settings})"
+
+
+TRAINING_ONLY_SETTINGS = ("dropout", "zero_init")
+"""Adapter settings that change training only, not the weights' meaning; checkpoints may differ in them."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was trained with another encoder or adapter than the model it is loaded into."""
+
+
+def check_checkpoint_fits(info: dict[str, Any], encoder_id: str, adapter: str) -> None:
+    """Refuse a checkpoint (its ``checkpoint["usvl"]`` record) of another encoder or adapter.
+
+    Adapters compare by class and settings, except :data:`TRAINING_ONLY_SETTINGS`. Checkpoints without the record
+    (older or foreign files) pass; the weight check that follows still applies.
+
+    Raises:
+        CheckpointMismatchError: The message names both encoders or both adapters and what to do.
+    """
+    stored_encoder, stored_adapter = info.get("encoder_id"), info.get("adapter")
+    advice = ("Pass the config.yaml of the run that wrote the checkpoint (--config runs/<name>/version_N/config.yaml), "
+              "or train a model with this configuration.")
+    if stored_encoder and stored_encoder != encoder_id:
+        raise CheckpointMismatchError(f"The checkpoint was trained with encoder {stored_encoder}, but this model's "
+                                      f"encoder is {encoder_id}. {advice}")
+    if stored_adapter and _structural(stored_adapter) != _structural(adapter):
+        raise CheckpointMismatchError(f"The checkpoint was trained with adapter {stored_adapter}, but this model's "
+                                      f"adapter is {adapter}. {advice}")
+
+
+def _structural(adapter: str) -> str:
+    """An adapter description without its training-only settings."""
+    pattern = "|".join(TRAINING_ONLY_SETTINGS)
+    return re.sub(rf"(, )?\b({pattern})=[^,)]*", "", adapter).replace("(, ", "(")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; training stops instead of saving diverged weights."""
+
+
+def non_finite_loss_message(loss: torch.Tensor, step: int, epoch: int, batch: dict[str, Any], listed: int = 16) -> str:
+    """What a :class:`NonFiniteLossError` says: the value, the global step, the batch's image names, what to try."""
+    names = [str(name) for name in batch.get("name") or []]
+    shown = ", ".join(names[:listed]) + (f" and {len(names) - listed} more" if len(names) > listed else "")
+    images = f"the batch's images: {shown}" if names else "the batch carries no image names"
+    return (f"Training loss is {loss.detach().float().item()} at global step {step} (epoch {epoch}); {images}. "
+            "Try a lower learning rate (--model.init_args.optimizer.init_args.lr), gradient clipping "
+            "(--trainer.gradient_clip_val 1.0) or full precision (--trainer.precision 32-true), and check those "
+            "images (usvl data check).")

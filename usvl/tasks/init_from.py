@@ -10,6 +10,7 @@ that fits a stage-2 task).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,6 +35,10 @@ class InitFromError(ValueError):
 def resolve_checkpoint(path: str | Path) -> Path:
     """The checkpoint file ``path`` names: the file itself, or the newest ``*.ckpt`` below a run folder.
 
+    In a folder, the resume checkpoints ``last.ckpt`` (``ModelCheckpoint(save_last=True)``, the state of the last
+    epoch) are passed over for the selected ones (best validation score); a folder holding only ``last*.ckpt``
+    gives its newest.
+
     Args:
         path: A ``.ckpt`` file, or a folder such as ``runs/pretrain_thyroid`` (searched recursively).
 
@@ -45,6 +50,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return resolved
     if resolved.is_dir():
         found = sorted(resolved.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        found = [p for p in found if not is_last_checkpoint(p)] or found
         if not found:
             raise FileNotFoundError(f"init_from folder {resolved} holds no *.ckpt file: run stage 1 first "
                                     "(usvl fit --config configs/pretrain_<organ>.yaml) or name the checkpoint file")
@@ -52,6 +58,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return found[-1]
     raise FileNotFoundError(f"init_from checkpoint {resolved} does not exist: run stage 1 first (usvl fit --config "
                             "configs/pretrain_<organ>.yaml) or pass the path of its checkpoint")
+
+
+def is_last_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a resume checkpoint Lightning writes with ``save_last`` (``last.ckpt``, ``last-v1.ckpt``)."""
+    return re.fullmatch(r"last(-v\d+)?", path.stem) is not None
 
 
 def transferable_keys(trainable: set[str], state: Mapping[str, torch.Tensor]) -> set[str]:

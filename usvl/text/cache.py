@@ -211,7 +211,11 @@ class TextEmbeddingCache(Callback):
         self.record: dict[str, Any] = {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Load or compute the embeddings, ablate them if asked, give them to the module; nothing without text."""
+        """Load or compute the embeddings, ablate them if asked, give them to the module; nothing without text.
+
+        With several processes (DDP), rank 0 encodes and writes the cache on a miss and the other ranks read it
+        after a barrier; a rank that cannot read it (a cache folder that is not shared) encodes for itself.
+        """
         if not getattr(pl_module, "uses_text", True):
             log.info("Class descriptions not encoded: the model's head uses no class text")
             if self.ablation != "none":
@@ -240,7 +244,8 @@ class TextEmbeddingCache(Callback):
         self.last_hit = embeddings is not None
         if embeddings is not None:
             log.info("Text-embedding cache hit: %s (%d classes)", path, len(texts))
-        else:
+        distributed = trainer is not None and trainer.world_size > 1
+        if embeddings is None and (not distributed or trainer.is_global_zero):
             embeddings = self.encode(encoder, texts)
             write_cache(path, {
                 "format": CACHE_FORMAT, "key": key, "embeddings": embeddings, "encoder": encoder.encoder_id,
@@ -251,6 +256,10 @@ class TextEmbeddingCache(Callback):
             log.info("Text-embedding cache miss: encoded %d descriptions, saved %s",
                      sum(len(t) for t in texts), path)
             self._release_text_tower(encoder, pl_module)
+        if distributed:  # every rank, hit or miss: rank 0 has written the file when the barrier opens
+            trainer.strategy.barrier("usvl-text-cache")
+        if embeddings is None:
+            embeddings = self._read_after_rank_zero(trainer, path, key, texts, encoder)
         self.last_path = path
         embeddings, ablation = ablate(embeddings, self.ablation, self.ablation_seed)
         if self.ablation != "none":
@@ -258,6 +267,18 @@ class TextEmbeddingCache(Callback):
         pl_module.set_text_embeddings(embeddings)
         self._remember(pl_module, {"descriptions": descriptions.source, "refined": refined,
                                    "cache_key": key, "weights_fingerprint": fingerprint, **ablation})
+
+    def _read_after_rank_zero(self, trainer: pl.Trainer, path: Path, key: str, texts: list[list[str]],
+                              encoder: Any) -> torch.Tensor:
+        """Another rank's embeddings: the file rank 0 wrote, else (a cache folder not shared) its own encoding."""
+        embeddings = read_cache(path, key, texts)
+        if embeddings is not None:
+            log.info("Text-embedding cache read on rank %d (written by rank 0): %s", trainer.global_rank, path)
+            return embeddings
+        log.warning("Rank %d cannot read the text-embedding cache %s that rank 0 wrote (is the cache folder on a "
+                    "filesystem every node shares? set USVL_CACHE or text.cache_dir); encoding on this rank",
+                    trainer.global_rank, path)
+        return self.encode(encoder, texts)
 
     def _remember(self, pl_module: pl.LightningModule, record: dict[str, Any]) -> None:
         self.record = record
