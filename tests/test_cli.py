@@ -99,11 +99,13 @@ def test_test_and_predict_from_checkpoint(smoke_run, tmp_path):
     after_fit = json.loads((smoke_run[0] / "version_0" / "test_metrics.json").read_text())["metrics"]
     assert standalone["test/loss"] == pytest.approx(after_fit["test/loss"], abs=1e-5)
     assert standalone["test/auroc"] == pytest.approx(after_fit["test/auroc"], abs=1e-6)
+    for calibrated in ("test/ece", "test/brier", "test/sensitivity_at_threshold"):  # the stored calibration reloads
+        assert standalone[calibrated] == pytest.approx(after_fit[calibrated], abs=1e-6)
     run_lightning(["predict", *common])
     predictions = list(tmp_path.rglob("predictions.csv"))
     assert predictions
     rows = predictions[0].read_text().splitlines()
-    assert rows[0] == "name,p_benign,p_malignant,prediction"
+    assert rows[0] == "name,p_benign,p_malignant,prediction,threshold"
     assert len(rows) == 1 + 8
 
 

@@ -3,7 +3,9 @@
 Runs of three shipped experiments in their smoke configs (Mona classification, Mona segmentation, the tiny ViT with
 LoRA and test-time flip), built and saved without training, with perturbed adapter weights so that the adapters (and
 the LoRA merge) change the outputs. Each is exported and checked against the PyTorch task with onnxruntime at batch
-sizes 1 and 3; ``usvl predict --model usvl.export.OnnxModel`` must write what the PyTorch path writes.
+sizes 1 and 3; ``usvl predict --model usvl.export.OnnxModel`` must write what the PyTorch path writes. The Mona
+classification run stores a calibration record, so its temperature is checked in the graph and its threshold in the
+predictions.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ RUNS = {
 }
 """Run name -> (experiment, extra arguments to its smoke config)."""
 
+CALIBRATED = {"mona_cls": {"temperature": 0.5, "threshold": 0.37, "threshold_method": "youden",
+                           "target_sensitivity": None, "validation_images": 8, "validation": {"ece": 0.1}}}
+"""Runs whose checkpoint stores a calibration record (as ``usvl fit`` leaves it): its temperature must be in the
+graph and its threshold must decide ``usvl predict`` from the file as it decides the PyTorch task's."""
+
 SIZES = {"a.png": (90, 60), "b.jpg": (64, 64), "c.png": (40, 120)}
 """Images to predict: name -> (width, height)."""
 
@@ -64,7 +71,8 @@ def perturb_adapters(task: torch.nn.Module) -> None:
     assert adapters, "no adapter weights"
 
 
-def build_run(experiment: str, extra: list[str], root: Path) -> tuple[Path, Path]:
+def build_run(experiment: str, extra: list[str], root: Path,
+              calibration: dict | None = None) -> tuple[Path, Path]:
     """A run folder as ``usvl fit`` leaves it (``config.yaml``, a checkpoint), without the training steps.
 
     The model of the smoke config is built by the ``usvl`` CLI, gets its class text from the ``TextEmbeddingCache``
@@ -79,6 +87,8 @@ def build_run(experiment: str, extra: list[str], root: Path) -> tuple[Path, Path
     run = root / experiment / "version_0"
     (run / "checkpoints").mkdir(parents=True)
     cli.trainer.strategy.connect(cli.model)
+    if calibration:
+        cli.model.calibration = dict(calibration)
     cli.trainer.save_checkpoint(run / "checkpoints" / "last.ckpt")
     (run / "config.yaml").write_text(cli.parser.dump(cli.config, skip_none=False), encoding="utf-8")
     return run / "config.yaml", run / "checkpoints" / "last.ckpt"
@@ -91,7 +101,7 @@ def runs(tmp_path_factory, usvl_cache) -> dict[str, tuple[Path, Path]]:
     class Runs(dict):
         def __missing__(self, name):
             experiment, extra = RUNS[name]
-            self[name] = build_run(experiment, extra, tmp_path_factory.mktemp(name))
+            self[name] = build_run(experiment, extra, tmp_path_factory.mktemp(name), CALIBRATED.get(name))
             return self[name]
 
     return Runs()
@@ -283,6 +293,10 @@ def test_onnx_model_checks_its_input(exported, tmp_path):
         model.run(torch.zeros(1, 1, 32, 32, dtype=torch.uint8))
     output = model.predict_step({"image": torch.zeros(2, 1, 64, 64, dtype=torch.uint8), "name": ["x", "y"]}, 0)
     assert output["probabilities"].shape == (2, 2) and output["prediction"].tolist() in ([0, 0], [1, 1])
+    record = CALIBRATED["mona_cls"]  # the stored calibration travels with the file
+    assert model.calibration == record and model.decision_threshold == output["threshold"] == record["threshold"]
+    assert output["prediction"].tolist() == (output["probabilities"][:, 1] >= record["threshold"]).long().tolist()
+    assert float(exported["mona_cls"].metadata["temperature"]) == record["temperature"]
 
     plain = tmp_path / "plain.onnx"
     torch.onnx.export(torch.nn.Identity(), (torch.zeros(1, 3, 4, 4),), str(plain), dynamo=False,

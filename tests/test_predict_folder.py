@@ -3,12 +3,16 @@
 A smoke fit of ``configs/breast_seg.yaml`` and of ``configs/thyroid_cls.yaml``, then ``usvl predict --config
 <run>/config.yaml --ckpt_path <ckpt> --data usvl.data.FolderDataModule --data.root <folder>``: one mask at the
 image's original size (segmentation), one overlay and one CSV row per image; nothing overwritten; predictions
-streamed (no images or predictions kept in memory).
+streamed (no images or predictions kept in memory). The classification fit also stores its calibration (temperature
+and threshold fitted on validation) in the best checkpoint, its test reports the calibration metrics, and predict
+writes calibrated probabilities and the class at the stored threshold.
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,7 +23,7 @@ import torch
 from PIL import Image
 from shipped_configs import smoke
 
-from usvl.callbacks import SegmentationPredictionWriter, draw_overlay, mask_at_size
+from usvl.callbacks import SegmentationPredictionWriter, draw_overlay, mask_at_size, store_calibration
 from usvl.cli import run_lightning
 from usvl.data import FolderDataModule
 from usvl.data.datamodule import BadFilesError
@@ -106,19 +110,43 @@ def test_segmentation_predict_writes_masks_at_original_size_overlays_and_rows(se
     assert files(folder) == first
 
 
-def test_classification_predict_writes_overlays_and_rows_with_the_checkpoint_classes(cls_run, new_images,
-                                                                                       tmp_path):
-    predict(cls_run, new_images, tmp_path)
-    (folder,) = prediction_folders(tmp_path)
+def test_classification_predict_writes_calibrated_rows_at_the_stored_threshold_with_the_checkpoint_classes(
+        cls_run, new_images, tmp_path):
+    config, checkpoint = cls_run
+    changed = tmp_path / "changed.ckpt"  # the run's checkpoint with a sharp temperature and a threshold none reaches
+    shutil.copy(checkpoint, changed)
+    record = {**torch.load(changed, map_location="cpu", weights_only=False)["usvl"]["calibration"],
+              "temperature": 0.001, "threshold": 1.5}
+    store_calibration(changed, record)
+    predict((config, changed), new_images, tmp_path / "out")
+    (folder,) = prediction_folders(tmp_path / "out")
     header = (folder / "predictions.csv").read_text().splitlines()[0]
-    assert header == "name,p_benign,p_malignant,prediction"
+    assert header == "name,p_benign,p_malignant,prediction,threshold"
+    assert json.loads((folder / "calibration.json").read_text()) == record
     rows = read_rows(folder)
     assert sorted(row["name"] for row in rows) == sorted(SIZES)
     for row in rows:
-        assert row["prediction"] in ("benign", "malignant")
+        assert row["prediction"] == "benign" and row["threshold"] == "1.500000"  # the stored threshold decides
         assert float(row["p_benign"]) + float(row["p_malignant"]) == pytest.approx(1.0, abs=1e-5)
         overlay = Image.open(folder / "overlays" / f"{Path(row['name']).stem}.png")
         assert overlay.size == SIZES[row["name"]]
+    p_malignant = [float(row["p_malignant"]) for row in rows]
+    assert all(p < 1e-3 or p > 1 - 1e-3 for p in p_malignant)  # calibrated: T = 0.001 saturates p ~ 0.5-0.7
+    assert any(p > 0.5 for p in p_malignant)  # so the argmax would have said malignant for some
+
+
+def test_fit_stores_the_calibration_in_the_best_checkpoint_and_the_test_reports_it(cls_run):
+    config, checkpoint = cls_run
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=False)["usvl"]["calibration"]
+    assert stored["temperature"] > 0 and 0 < stored["threshold"] < 1 and stored["threshold_method"] == "youden"
+    assert stored["checkpoint"] == checkpoint.name and stored["validation_images"] > 0
+    report = json.loads((config.parent / "test_metrics.json").read_text())
+    assert report["calibration"] == stored
+    names = {"accuracy", "auroc", "f1", "sensitivity", "specificity", "loss", "ece", "brier", "ece_uncalibrated",
+             "brier_uncalibrated", "nll_calibrated", "accuracy_at_threshold", "sensitivity_at_threshold",
+             "specificity_at_threshold"}
+    assert set(report["metrics"]) == {f"test/{name}" for name in names}
+    assert Image.open(config.parent / "reliability.png").size[0] > 300
 
 
 def test_predict_needs_no_masks_and_no_labels(new_images):

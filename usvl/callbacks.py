@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
+import os
 import sys
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import lightning.pytorch as pl
 import numpy as np
@@ -18,6 +20,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from usvl.data.decode import grey_array, open_image
+from usvl.metrics.calibration import THRESHOLD_METHODS, fit_calibration
+from usvl.utils.report import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -162,15 +166,26 @@ class PredictionWriter(BasePredictionWriter, ABC):
 
 
 class ClassificationPredictionWriter(PredictionWriter):
-    """``predictions.csv`` (image name, class probabilities, predicted class) and an overlay per image.
+    """``predictions.csv`` (image name, class probabilities, predicted class, threshold) and an overlay per image.
 
-    The overlay is the original image with the predicted class and its probability. See :class:`PredictionWriter`
-    for the folder and the arguments.
+    The probabilities are calibrated when the checkpoint stores a temperature, and with two classes the predicted
+    class is the one at the checkpoint's stored threshold (``p_<class 1> >= threshold``); the ``threshold`` column
+    says which threshold decided (empty: the argmax, with more than two classes or without a stored threshold).
+    The model's calibration record (temperature, threshold, how it was chosen, validation metrics at it) is written
+    next to the CSV as ``calibration.json``. The overlay is the original image with the predicted class and its
+    probability. See :class:`PredictionWriter` for the folder and the arguments.
     """
 
     def header(self, pl_module: pl.LightningModule) -> list[str]:
-        """``name``, ``p_<class>`` per class, ``prediction``."""
-        return ["name", *[f"p_{name}" for name in self.class_names(pl_module)], "prediction"]
+        """``name``, ``p_<class>`` per class, ``prediction``, ``threshold``."""
+        return ["name", *[f"p_{name}" for name in self.class_names(pl_module)], "prediction", "threshold"]
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start the folder and CSV; write the model's calibration record, when it has one."""
+        super().on_predict_start(trainer, pl_module)
+        record = getattr(pl_module, "calibration", None)
+        if record:
+            write_json_atomic(self.folder / "calibration.json", record)
 
     @staticmethod
     def class_names(pl_module: pl.LightningModule) -> list[str]:
@@ -181,12 +196,14 @@ class ClassificationPredictionWriter(PredictionWriter):
         """One row per image; the overlay shows the predicted class and its probability."""
         class_names = self.class_names(pl_module)
         paths = batch_sources(batch)[0] if self.overlays else [""] * len(prediction["name"])
+        threshold = prediction.get("threshold")
+        threshold_text = "" if threshold is None else f"{float(threshold):.6f}"
         rows = []
         for name, path, probabilities, predicted in zip(prediction["name"], paths, prediction["probabilities"].tolist(),
                                                         prediction["prediction"].tolist(), strict=True):
             label = class_names[predicted] if class_names else str(predicted)
             self.overlay(path, name, f"{label} p={probabilities[predicted]:.2f}")
-            rows.append([name, *[f"{p:.6f}" for p in probabilities], label])
+            rows.append([name, *[f"{p:.6f}" for p in probabilities], label, threshold_text])
         return rows
 
 
@@ -350,6 +367,174 @@ def case_overlay(case: dict[str, Any]) -> Image.Image:
         edges = Image.fromarray(case["true"].astype(np.uint8) * 255).filter(ImageFilter.FIND_EDGES)
         picture.paste((40, 220, 40), mask=edges.filter(ImageFilter.MaxFilter(3)))
     return draw_overlay(picture, case["text"], case.get("pred"))
+
+
+def store_calibration(checkpoint_path: str | Path, record: dict[str, Any]) -> None:
+    """Add a calibration record to a checkpoint file (``checkpoint["usvl"]["calibration"]``), atomically."""
+    path = Path(checkpoint_path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint.setdefault("usvl", {})["calibration"] = dict(record)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(checkpoint, temporary)
+    temporary.replace(path)
+
+
+def validation_logits(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[torch.Tensor, torch.Tensor]:
+    """View logits ``[V, N, K]`` and labels ``[N]`` of the validation split, in evaluation mode.
+
+    Reads the data module's validation loader (as many batches as validation ran during fit, so
+    ``limit_val_batches`` applies), under the trainer's precision and with the random state forked and every
+    module's train/eval mode restored afterwards, so what runs next (the test) is unaffected.
+    """
+    datamodule = trainer.datamodule
+    loader = datamodule.val_dataloader() if datamodule is not None else trainer.val_dataloaders
+    loader = loader[0] if isinstance(loader, list | tuple) else loader
+    counts = trainer.num_val_batches
+    limit = counts[0] if counts else math.inf
+    modes = {module: module.training for module in pl_module.modules()}
+    pl_module.eval()
+    logits, labels = [], []
+    devices = [pl_module.device.index or 0] if pl_module.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.inference_mode(), \
+                trainer.precision_plugin.forward_context():
+            for index, batch in enumerate(loader):
+                if index >= limit:
+                    break
+                logits.append(pl_module.view_logits(batch["image"].to(pl_module.device)).float().cpu())
+                labels.append(batch["label"].long().cpu())
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+    if not logits:
+        return torch.empty(1, 0, pl_module.num_classes), torch.empty(0, dtype=torch.long)
+    return torch.cat(logits, dim=1), torch.cat(labels)
+
+
+def save_reliability_diagram(reliability: dict[str, Any], path: Path, positive_class: str | None = None) -> Path:
+    """A reliability diagram (matplotlib PNG): observed frequency against predicted probability per bin.
+
+    Args:
+        reliability: ``bins`` (``calibrated`` and ``uncalibrated``, each as
+            :func:`~usvl.metrics.calibration.reliability_bins`), ``num_classes``, ``temperature``, ``threshold``,
+            ``ece`` and ``ece_uncalibrated`` (what a calibrated classifier keeps after its test).
+        path: The PNG to write.
+        positive_class: Name of class 1 (two classes), for the axis label.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.0, 5.6))
+    FigureCanvasAgg(figure)
+    axis, counts = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [4, 1]})
+    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated")
+    binary = reliability.get("num_classes") == 2
+    width = 1.0 / len(reliability["bins"]["calibrated"]["count"])
+    for key, colour, ece in (("uncalibrated", "tab:orange", reliability.get("ece_uncalibrated")),
+                             ("calibrated", "tab:blue", reliability.get("ece"))):
+        bins = reliability["bins"][key]
+        kept = [(c, f, n) for c, f, n in zip(bins["confidence"], bins["frequency"], bins["count"], strict=True) if n]
+        label = f"{key}" + (f" (ECE {ece:.3f})" if ece is not None else "")
+        if key == "calibrated":
+            label += f", T = {reliability.get('temperature', 1.0):.2f}"
+        axis.plot([c for c, _, _ in kept], [f for _, f, _ in kept], marker="o", color=colour, label=label)
+        if key == "calibrated":
+            centres = [(i + 0.5) * width for i in range(len(bins["count"]))]
+            counts.bar(centres, bins["count"], width=width * 0.9, color=colour)
+    if binary and reliability.get("threshold") is not None:
+        axis.axvline(reliability["threshold"], color="tab:red", linewidth=1,
+                     label=f"stored threshold {reliability['threshold']:.3f}")
+    what = f"p({positive_class})" if binary and positive_class else "predicted probability" if binary \
+        else "top-label confidence"
+    axis.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed frequency" if binary else "accuracy",
+             title=f"Reliability on the test split ({len(reliability['bins']['calibrated']['count'])} bins)")
+    axis.legend(loc="lower right", fontsize=8)
+    axis.grid(alpha=0.3)
+    counts.set(xlabel=what, ylabel="images")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return path
+
+
+class Calibration(Callback):
+    """The ``calibration`` section: temperature and threshold fitted on validation after fit; test diagram.
+
+    At the end of ``fit`` (before the test of the best checkpoint), for classification tasks (those with
+    ``view_logits``, see :class:`~usvl.tasks.calibrated.CalibratedClassifier`): the best checkpoint's weights are
+    loaded, the validation logits collected (:func:`validation_logits`), one temperature fitted by minimising the
+    validation NLL and, with two classes, a decision threshold chosen on the calibrated validation probabilities
+    (:func:`~usvl.metrics.calibration.fit_calibration`); the record goes to the model and into the best checkpoint
+    file, so ``usvl test`` and ``usvl predict`` use it; the weights the model had are put back. With more than two
+    classes the decision stays the argmax. After ``test`` the reliability diagram of the test split is written to
+    the run's log dir (``reliability.png``; a new name when one exists). Other tasks are left alone. ``usvl`` adds
+    this callback to every run through the config's ``calibration`` section.
+
+    Args:
+        enabled: Fit the calibration after fit (the diagram is drawn after any test of a classifier regardless).
+        threshold: ``youden`` (maximise sensitivity + specificity) or ``sensitivity`` (the highest threshold whose
+            validation sensitivity reaches ``target_sensitivity``).
+        target_sensitivity: The sensitivity the ``sensitivity`` method must reach, e.g. 0.9 for screening.
+        diagram: Write the reliability diagram after test.
+
+    Raises:
+        ValueError: Unknown ``threshold`` method, or ``target_sensitivity`` outside (0, 1].
+    """
+
+    def __init__(self, enabled: bool = True, threshold: Literal["youden", "sensitivity"] = "youden",
+                 target_sensitivity: float = 0.9, diagram: bool = True) -> None:
+        if threshold not in THRESHOLD_METHODS:
+            raise ValueError(f"calibration.threshold must be one of {list(THRESHOLD_METHODS)}, got {threshold!r}")
+        if not 0.0 < target_sensitivity <= 1.0:
+            raise ValueError(f"calibration.target_sensitivity must lie in (0, 1], got {target_sensitivity}")
+        self.enabled = enabled
+        self.threshold = threshold
+        self.target_sensitivity = target_sensitivity
+        self.diagram = diagram
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Fit and store the calibration on the validation split with the best checkpoint's weights."""
+        if not self.enabled or not hasattr(pl_module, "view_logits") or trainer.fast_dev_run:
+            return
+        checkpoint = trainer.checkpoint_callback
+        best = str(getattr(checkpoint, "best_model_path", "") or "") if checkpoint else ""
+        kept: dict[str, torch.Tensor] = {}
+        if best:
+            weights = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+            state = pl_module.state_dict()
+            kept = {key: state[key].detach().clone() for key in weights if key in state}
+            pl_module.load_state_dict(weights, strict=False)
+        try:
+            logits, labels = validation_logits(trainer, pl_module)
+        finally:
+            if kept:
+                pl_module.load_state_dict(kept, strict=False)
+        if labels.numel() == 0:
+            log.warning("Calibration skipped: no validation batches")
+            return
+        record = fit_calibration(logits, labels, self.threshold, self.target_sensitivity)
+        record["checkpoint"] = Path(best).name if best else None
+        pl_module.calibration = record
+        if best and trainer.is_global_zero:
+            store_calibration(best, record)
+        trainer.strategy.barrier("usvl-calibration")
+        threshold = record["threshold"]
+        log.info("Calibration on %d validation images: temperature %.3f, threshold %s (%s); validation ECE %.4f -> "
+                 "%.4f%s", record["validation_images"], record["temperature"],
+                 "argmax" if threshold is None else f"{threshold:.4f}", record["threshold_method"],
+                 record["validation"]["ece_uncalibrated"], record["validation"]["ece"],
+                 f"; stored in {best}" if best else " (no checkpoint to store it in)")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write the reliability diagram of the test split (classifiers only)."""
+        reliability = getattr(pl_module, "test_reliability", None)
+        if not self.diagram or not reliability or not trainer.is_global_zero or trainer.fast_dev_run:
+            return
+        folder = Path(trainer.log_dir or ".")
+        folder.mkdir(parents=True, exist_ok=True)
+        names = [str(name) for name in getattr(pl_module, "class_names", [])]
+        path = save_reliability_diagram(reliability, unique_file(folder, "reliability"),
+                                        names[1] if len(names) == 2 else None)
+        log.info("Reliability diagram written to %s", path)
 
 
 def format_duration(seconds: float) -> str:

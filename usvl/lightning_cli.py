@@ -80,12 +80,15 @@ class USVLCLI(LightningCLI):
     """LightningCLI with data -> model links and a test of the best checkpoint after ``fit``."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Link the data module's classes to the model; the text-embedding cache as its own ``text`` section.
+        """Link the data module's classes to the model; the text cache and the calibration as their own sections.
 
-        ``text.descriptions`` names the class descriptions (``configs/text/``); the callback is added to the
-        trainer's callbacks, so configs set the descriptions with one key and share the rest of the callback list.
+        ``text.descriptions`` names the class descriptions (``configs/text/``); ``calibration`` (``enabled``,
+        ``threshold: youden | sensitivity``, ``target_sensitivity``, ``diagram``) sets how classifiers are calibrated
+        on the validation split after fit (:class:`~usvl.callbacks.Calibration`). Both callbacks are added to the
+        trainer's callbacks, so configs set them with one key and share the rest of the callback list.
         """
         parser.add_lightning_class_args(usvl.text.TextEmbeddingCache, "text")
+        parser.add_lightning_class_args(usvl.callbacks.Calibration, "calibration")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
 
@@ -214,6 +217,9 @@ class USVLCLI(LightningCLI):
             "usvl_version": usvl.__version__,
             **extra,
         }
+        calibration = getattr(self.model, "calibration", None)
+        if calibration:
+            payload["calibration"] = dict(calibration)
         path = write_json_unique(log_dir / "test_metrics.json", payload)
         summary = {**metrics, "trainable_params": payload["trainable_params"],
                    "peak_memory_mb": payload["peak_memory_mb"]}

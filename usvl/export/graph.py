@@ -32,10 +32,11 @@ def task_kind(task: AdaptedEncoderTask) -> str:
 
 
 class ClassificationGraph(nn.Module):
-    """``image -> (logits [B, K], probabilities [B, K])``, as ``ClassificationTask`` computes them.
+    """``image -> (logits [B, K], probabilities [B, K])``, as ``ClassificationTask`` predicts them.
 
-    ``probabilities`` are averaged with those of the mirrored image when the task has ``test_time_flip`` on, as in
-    its ``predict_step``; ``logits`` are those of the image itself.
+    ``probabilities`` are calibrated with the task's stored temperature (``softmax(logits / T)``; T = 1 without a
+    calibration record) and averaged with those of the mirrored image when the task has ``test_time_flip`` on, as
+    in its ``predict_step``; ``logits`` are the plain logits of the image itself.
     """
 
     output_names = ("logits", "probabilities")
@@ -44,6 +45,7 @@ class ClassificationGraph(nn.Module):
         super().__init__()
         self.task = task
         self.test_time_flip = bool(task.test_time_flip)
+        self.temperature = float(getattr(task, "temperature", 1.0))
         text = task.class_text().detach().float() if task.uses_text else None
         self.register_buffer("class_text", text, persistent=False)
 
@@ -55,10 +57,14 @@ class ClassificationGraph(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and (flip-averaged) probabilities."""
         logits = self.logits(image)
-        probabilities = logits.float().softmax(dim=-1)
+        probabilities = self.calibrated(logits).softmax(dim=-1)
         if self.test_time_flip:
-            probabilities = (probabilities + self.logits(image.flip(-1)).float().softmax(dim=-1)) / 2
+            probabilities = (probabilities + self.calibrated(self.logits(image.flip(-1))).softmax(dim=-1)) / 2
         return logits.float(), probabilities
+
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """Float logits divided by the temperature (left as they are at T = 1)."""
+        return logits.float() if self.temperature == 1.0 else logits.float() / self.temperature
 
 
 class SegmentationGraph(nn.Module):

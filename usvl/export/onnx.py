@@ -163,8 +163,14 @@ def export_metadata(task: AdaptedEncoderTask, image_size: tuple[int, int], check
         "opset": str(opset),
     }
     if kind == "classification":
-        metadata["outputs"] = "logits: float32 [batch, classes]; probabilities: float32 [batch, classes]"
+        metadata["outputs"] = ("logits: float32 [batch, classes]; probabilities: float32 [batch, classes], "
+                               "softmax(logits / temperature)")
         metadata["test_time_flip"] = json.dumps(bool(task.test_time_flip))
+        calibration = getattr(task, "calibration", None)
+        metadata["temperature"] = repr(float(getattr(task, "temperature", 1.0)))
+        metadata["decision_threshold"] = json.dumps(getattr(task, "decision_threshold", None))
+        if calibration:
+            metadata["calibration"] = json.dumps(calibration)
     else:
         metadata["outputs"] = (f"probability: float32 [batch, 1, {image_size[0]}, {image_size[1]}], lesion "
                                "probability per pixel")

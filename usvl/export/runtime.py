@@ -33,7 +33,8 @@ def read_metadata(session: Any) -> dict[str, str]:
 class OnnxModel(pl.LightningModule):
     """An exported usvl model (``usvl export``) run by onnxruntime, for ``usvl predict``.
 
-    Task kind, class names, input size and segmentation threshold come from the file's metadata. The class text is
+    Task kind, class names, input size, segmentation threshold and a classifier's calibration (temperature inside
+    the graph, decision threshold and record in the metadata) come from the file's metadata. The class text is
     inside the graph, so the ``TextEmbeddingCache`` callback of a run config has nothing to do (``uses_text`` is
     False). The arguments ``num_classes`` and ``class_names`` are linked from the data module by ``usvl``; the
     file's classes are the ones predicted, and a data module with other classes is reported in the log.
@@ -75,6 +76,8 @@ class OnnxModel(pl.LightningModule):
         self.image_size = tuple(json.loads(self.metadata["image_size"]))
         self.output_names = [output.name for output in self.session.get_outputs()]
         self.threshold = float(threshold if threshold is not None else self.metadata.get("threshold", 0.5))
+        self.calibration = json.loads(self.metadata["calibration"]) if "calibration" in self.metadata else None
+        self.decision_threshold = json.loads(self.metadata.get("decision_threshold", "null"))
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
         linked = list(class_names) if class_names else None
@@ -103,13 +106,18 @@ class OnnxModel(pl.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """What the PyTorch task's ``predict_step`` returns, from the ONNX file.
 
-        Classification: names, class probabilities and predicted class; segmentation: names, ``uint8`` masks at
+        Classification: names, (calibrated) class probabilities, the predicted class (at the exported decision
+        threshold with two classes, else the argmax) and that threshold; segmentation: names, ``uint8`` masks at
         ``threshold`` and lesion probabilities ``[B, 1, H, W]``.
         """
         outputs = self.run(batch["image"])
         if self.kind == "classification":
             probabilities = outputs["probabilities"]
-            return {"name": batch["name"], "probabilities": probabilities, "prediction": probabilities.argmax(dim=-1)}
+            threshold = self.decision_threshold if probabilities.shape[1] == 2 else None
+            prediction = (probabilities.argmax(dim=-1) if threshold is None
+                          else (probabilities[:, 1] >= threshold).long())
+            return {"name": batch["name"], "probabilities": probabilities, "prediction": prediction,
+                    "threshold": threshold}
         probability = outputs["probability"]
         return {"name": batch["name"], "mask": (probability > self.threshold).to(torch.uint8),
                 "probability": probability}

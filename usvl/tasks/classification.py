@@ -14,11 +14,15 @@ from usvl.metrics import classification_metrics
 from usvl.models.adapters.base import Adapter
 from usvl.models.encoders.base import VisionLanguageEncoder
 from usvl.models.heads.factory import HeadFactory
-from usvl.tasks.base import AdaptedEncoderTask, StepOutput
+from usvl.tasks.base import StepOutput
+from usvl.tasks.calibrated import CalibratedClassifier
 
 
-class ClassificationTask(AdaptedEncoderTask):
+class ClassificationTask(CalibratedClassifier):
     """Image classification with class text embeddings in the head.
+
+    Evaluation, the calibration stored after fit and prediction are those of
+    :class:`~usvl.tasks.calibrated.CalibratedClassifier`.
 
     Args:
         encoder: The vision-language encoder.
@@ -68,6 +72,7 @@ class ClassificationTask(AdaptedEncoderTask):
                     parameter.requires_grad_(False)
         self.label_smoothing = label_smoothing
         self.test_time_flip = test_time_flip
+        self.init_calibration()
         self.configure_task(loss)
 
     def configure_losses(self) -> nn.Module:
@@ -83,13 +88,6 @@ class ClassificationTask(AdaptedEncoderTask):
         features = self.encoder.encode_image(self.prepare_images(images))
         return self.head(features, self.class_text() if self.uses_text else None)
 
-    def predict_probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``[B, K]``, averaged with the mirrored image when ``test_time_flip`` is on."""
-        probabilities = self(images).float().softmax(dim=-1)
-        if self.test_time_flip:
-            probabilities = (probabilities + self(images.flip(-1)).float().softmax(dim=-1)) / 2
-        return probabilities
-
     def compute_step(self, batch: dict[str, Any], stage: str) -> StepOutput:
         """Loss on the logits in training, on the log of the (flip-averaged) probabilities otherwise."""
         labels = batch["label"]
@@ -98,26 +96,5 @@ class ClassificationTask(AdaptedEncoderTask):
             loss = self.loss(logits.float(), labels)
             probabilities = logits.detach().float().softmax(dim=-1)
         else:
-            return probability_step(self, batch)
+            return self.probability_step(batch, stage)
         return StepOutput(loss, probabilities[:, 1] if self.num_classes == 2 else probabilities, labels)
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Class probabilities and predicted class per image, with the image names."""
-        return probability_predictions(self, batch)
-
-
-def probability_step(task: AdaptedEncoderTask, batch: dict[str, Any]) -> StepOutput:
-    """An evaluation step on ``task.predict_probabilities``: negative log-likelihood and metric inputs.
-
-    The metrics get the class-1 probability with two classes, else all of them.
-    """
-    probabilities = task.predict_probabilities(batch["image"])
-    loss = task.loss(probabilities.clamp_min(1e-8).log(), batch["label"])
-    return StepOutput(loss, probabilities[:, 1] if task.num_classes == 2 else probabilities, batch["label"])
-
-
-def probability_predictions(task: AdaptedEncoderTask, batch: dict[str, Any]) -> dict[str, Any]:
-    """Class probabilities and predicted class per image, with the image names (what the prediction writers read)."""
-    probabilities = task.predict_probabilities(batch["image"])
-    return {"name": batch["name"], "probabilities": probabilities.cpu(),
-            "prediction": probabilities.argmax(dim=-1).cpu()}

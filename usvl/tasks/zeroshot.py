@@ -22,11 +22,11 @@ from torchmetrics import MetricCollection
 from usvl.metrics import classification_metrics
 from usvl.models.adapters.base import Adapter
 from usvl.models.encoders.base import VisionLanguageEncoder
-from usvl.tasks.base import AdaptedEncoderTask, StepOutput
-from usvl.tasks.classification import probability_predictions, probability_step
+from usvl.tasks.base import StepOutput
+from usvl.tasks.calibrated import CalibratedClassifier
 
 
-class ZeroShotClassificationTask(AdaptedEncoderTask):
+class ZeroShotClassificationTask(CalibratedClassifier):
     """Zero-shot classification: ``logit_k = scale * cos(image embedding, prototype of class k)``; no training.
 
     Probabilities are the softmax of the logits; the loss reported is their negative log-likelihood. The scale only
@@ -66,6 +66,7 @@ class ZeroShotClassificationTask(AdaptedEncoderTask):
         self.set_classes(num_classes, class_names)
         self.register_buffer("logit_scale", torch.tensor(math.log(1.0 / temperature)))
         self.test_time_flip = test_time_flip
+        self.init_calibration()
         self.configure_task(None)
 
     def configure_losses(self) -> nn.Module:
@@ -83,20 +84,9 @@ class ZeroShotClassificationTask(AdaptedEncoderTask):
         prototypes = F.normalize(self.class_text().float(), dim=-1)
         return self.logit_scale.exp() * image @ prototypes.t()
 
-    def predict_probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``[B, K]``, averaged with the mirrored image when ``test_time_flip`` is on."""
-        probabilities = self(images).softmax(dim=-1)
-        if self.test_time_flip:
-            probabilities = (probabilities + self(images.flip(-1)).softmax(dim=-1)) / 2
-        return probabilities
-
     def compute_step(self, batch: dict[str, Any], stage: str) -> StepOutput:
         """Probabilities, their negative log-likelihood, and the metric inputs."""
-        return probability_step(self, batch)
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Class probabilities and predicted class per image, with the image names."""
-        return probability_predictions(self, batch)
+        return self.probability_step(batch, stage)
 
     def on_fit_start(self) -> None:
         """Refuse to train: zero-shot classification has nothing to fit.
