@@ -526,10 +526,12 @@ class Calibration(Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write the reliability diagram of the test split (classifiers only)."""
-        reliability = getattr(pl_module, "test_reliability", None)
-        if not self.diagram or not reliability or not trainer.is_global_zero or trainer.fast_dev_run:
+        if not self.diagram or trainer.fast_dev_run:
             return
-        folder = Path(trainer.log_dir or ".")
+        folder = Path(trainer.log_dir or ".")  # every rank asks: under DDP log_dir is a collective broadcast
+        reliability = getattr(pl_module, "test_reliability", None)
+        if not reliability or not trainer.is_global_zero:
+            return
         folder.mkdir(parents=True, exist_ok=True)
         names = [str(name) for name in getattr(pl_module, "class_names", [])]
         path = save_reliability_diagram(reliability, unique_file(folder, "reliability"),
