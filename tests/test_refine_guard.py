@@ -74,24 +74,23 @@ def test_negation_reaches_to_the_end_of_the_clause_only():
     assert Finding("orientation", "not_parallel") in extract_findings("A mass not parallel to the skin.")
 
 
-@pytest.mark.parametrize(("source", "refined", "accepted"), [
+REPORTING_CATEGORIES = [  # TI-RADS / BI-RADS categories are findings: dropping or changing one is rejected
     ("A highly suspicious TI-RADS 5 thyroid nodule, solid.", "A highly suspicious thyroid nodule, solid.", False),
     ("A highly suspicious TI-RADS 5 thyroid nodule, solid.", "A solid, highly suspicious TR5 thyroid nodule.", True),
     ("A low-suspicion TI-RADS 1 to 3 thyroid nodule.", "A low-suspicion TI-RADS 4 thyroid nodule.", False),
     ("A BI-RADS 2 or 3 breast mass.", "A BI-RADS 2 or 3 mass of the breast.", True),
     ("A BI-RADS 5 breast mass.", "A breast mass.", False),
-])
-def test_reporting_categories_are_findings(source, refined, accepted):
-    assert check_refinement(source, refined).accepted is accepted
-
-
-@pytest.mark.parametrize(("source", "refined", "accepted"), [
+]
+ADDED_FINDINGS = [  # findings the source did not state are rejected, except the generic lesion word
     ("The whole prostate gland with its peripheral and transition zones.",
      "The prostate gland, with peripheral and transition zones, has a benign shape and echogenic foci.", False),
     ("A solid thyroid nodule.", "A solid thyroid nodule with punctate echogenic foci.", False),
     ("An oval, circumscribed fibroadenoma.", "An oval, circumscribed fibroadenoma, a benign mass.", False),
     ("An oval, circumscribed fibroadenoma.", "A circumscribed oval mass: a fibroadenoma.", True),
     ("Normal breast parenchyma.", "Normal breast parenchyma with a small lesion.", False),
-])
-def test_added_findings_are_rejected(source, refined, accepted):
+]
+
+
+@pytest.mark.parametrize(("source", "refined", "accepted"), REPORTING_CATEGORIES + ADDED_FINDINGS)
+def test_reporting_categories_and_added_findings(source, refined, accepted):
     assert check_refinement(source, refined).accepted is accepted
