@@ -94,11 +94,22 @@ class VisionLanguageEncoder(nn.Module, ABC):
 
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """Encode a normalised image batch ``[B, 3, H, W]`` into :class:`ImageFeatures`, tapping the chosen points."""
+        return self.project_image(*self.tower_features(images))
+
+    def tower_features(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """What the image tower computes before the trainable image projection: pooled features and tapped maps.
+
+        Returns:
+            The pooled features ``[B, C]`` (:meth:`pool_image`) and the tapped maps, shallow to deep.
+        """
         with capture_outputs(self.tapped_modules()) as tapped:
             output = self.forward_image_tower(images)
         maps = [tokens_to_map(feature, self.num_prefix_tokens) for feature in tapped]
-        pooled = self.pool_image(output, maps)
-        return ImageFeatures(global_embedding=self.image_projection(pooled), maps=maps, pooled=pooled)
+        return self.pool_image(output, maps), maps
+
+    def project_image(self, pooled: torch.Tensor, maps: Sequence[torch.Tensor] = ()) -> ImageFeatures:
+        """:class:`ImageFeatures` from the tower's pooled features (and maps): the image projection applied."""
+        return ImageFeatures(global_embedding=self.image_projection(pooled), maps=list(maps), pooled=pooled)
 
     @abstractmethod
     def encode_text_raw(self, texts: Sequence[str]) -> torch.Tensor:
