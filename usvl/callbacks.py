@@ -383,8 +383,9 @@ def validation_logits(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tup
     """View logits ``[V, N, K]`` and labels ``[N]`` of the validation split, in evaluation mode.
 
     Reads the data module's validation loader (as many batches as validation ran during fit, so
-    ``limit_val_batches`` applies), under the trainer's precision and with the random state forked and every
-    module's train/eval mode restored afterwards, so what runs next (the test) is unaffected.
+    ``limit_val_batches`` applies; the images' names let the frozen-feature cache serve them), under the trainer's
+    precision and with the random state forked and every module's train/eval mode restored afterwards, so what runs
+    next (the test) is unaffected.
     """
     datamodule = trainer.datamodule
     loader = datamodule.val_dataloader() if datamodule is not None else trainer.val_dataloaders
@@ -401,7 +402,8 @@ def validation_logits(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tup
             for index, batch in enumerate(loader):
                 if index >= limit:
                     break
-                logits.append(pl_module.view_logits(batch["image"].to(pl_module.device)).float().cpu())
+                images = batch["image"].to(pl_module.device)
+                logits.append(pl_module.view_logits(images, batch.get("name")).float().cpu())
                 labels.append(batch["label"].long().cpu())
     finally:
         for module, training in modes.items():

@@ -121,6 +121,7 @@ class LinearClassifierHead(nn.Module):
     """
 
     uses_text = False
+    uses_maps = False
 
     def __init__(self, feature_dims: Sequence[int], embed_dim: int, num_classes: int, dropout: float = 0.2) -> None:
         super().__init__()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +21,10 @@ from torchmetrics import MetricCollection
 
 from usvl.metrics import classification_metrics
 from usvl.models.adapters.base import Adapter
-from usvl.models.encoders.base import VisionLanguageEncoder
+from usvl.models.encoders.base import ImageFeatures, VisionLanguageEncoder
 from usvl.tasks.base import StepOutput
 from usvl.tasks.calibrated import CalibratedClassifier
+from usvl.tasks.feature_cache import check_switch
 
 
 class ZeroShotClassificationTask(CalibratedClassifier):
@@ -43,6 +44,10 @@ class ZeroShotClassificationTask(CalibratedClassifier):
             scripts use 0.01, a scale of 100).
         test_time_flip: Average the probabilities of each image and its lateral mirror image.
         init_from: A stage-1 checkpoint (see :class:`~usvl.tasks.base.AdaptedEncoderTask`).
+        feature_cache: Keep the image tower's pooled features of the test images, so a later zero-shot test of the
+            same model and images (other class descriptions, text ablations) reads them instead of encoding
+            (see :mod:`usvl.tasks.feature_cache`). ``auto`` and ``true``: on (zero-shot trains nothing, so it is
+            safe); ``false``: off.
 
     Raises:
         ValueError: ``temperature`` is not positive.
@@ -58,14 +63,17 @@ class ZeroShotClassificationTask(CalibratedClassifier):
         temperature: float = 0.01,
         test_time_flip: bool = False,
         init_from: str | None = None,
+        feature_cache: bool | Literal["auto"] = "auto",
     ) -> None:
         super().__init__(encoder, adapter, channels_last=channels_last, init_from=init_from)
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        self.save_hyperparameters(ignore=["encoder", "adapter", "test_time_flip"])
+        self.save_hyperparameters(ignore=["encoder", "adapter", "test_time_flip", "feature_cache"])
         self.set_classes(num_classes, class_names)
         self.register_buffer("logit_scale", torch.tensor(math.log(1.0 / temperature)))
         self.test_time_flip = test_time_flip
+        self.feature_cache = check_switch(feature_cache)
+        self.reads_feature_maps = False
         self.init_calibration()
         self.configure_task(None)
 
@@ -77,9 +85,8 @@ class ZeroShotClassificationTask(CalibratedClassifier):
         """Accuracy, AUROC, F1, sensitivity and specificity (binary on the class-1 probability with two classes)."""
         return classification_metrics(self.num_classes)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def classify(self, features: ImageFeatures) -> torch.Tensor:
         """Class logits ``[B, K]``: scaled cosine similarity of the image embeddings with the class prototypes."""
-        features = self.encoder.encode_image(self.prepare_images(images))
         image = F.normalize(features.global_embedding.float(), dim=-1)
         prototypes = F.normalize(self.class_text().float(), dim=-1)
         return self.logit_scale.exp() * image @ prototypes.t()

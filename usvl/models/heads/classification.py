@@ -27,6 +27,9 @@ class PromptSimilarityHead(nn.Module):
         max_scale: Upper clamp of the logit scale (CLIP uses 100).
     """
 
+    uses_maps = False
+    """The head reads the pooled embedding only, not ``ImageFeatures.maps`` (so frozen features can be cached)."""
+
     def __init__(
         self,
         feature_dims: Sequence[int],
