@@ -21,6 +21,7 @@ from usvl.models.encoders.base import VisionLanguageEncoder
 from usvl.models.heads.classification import class_prototypes
 from usvl.tasks.gradient_check import parameters_without_gradient, unused_parameters_message
 from usvl.tasks.init_from import resolve_checkpoint, select_weights, transferable_keys
+from usvl.tasks.optim import prefer_fused
 from usvl.tasks.schedules import SizedByTrainer
 from usvl.utils.rng import collect_rng_states, restore_rng_states
 
@@ -313,9 +314,13 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
         self._log_epoch_metrics("train")
 
     def configure_optimizers(self) -> Any:
-        """Optimise trainable parameters only; the scheduler, if any, steps every optimisation step."""
+        """Optimise trainable parameters only; the scheduler, if any, steps every optimisation step.
+
+        Adam and AdamW take torch's fused step on CUDA unless the config chose an implementation
+        (:func:`usvl.tasks.optim.prefer_fused`).
+        """
         parameters = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(parameters)
+        optimizer = prefer_fused(self.optimizer_factory(parameters))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
