@@ -23,8 +23,9 @@ batch-norm statistics included), the adapter, the input (the digest of the split
 is stricter than the decoded-image cache's file stamps and exists without that cache; image size, normalisation,
 memory format), the view, the precision, the device type and the torch version. Files are
 ``<identity>-<key>.pt``, where ``identity`` leaves out the weights and the pixels, so writing an entry deletes the
-stale ones of the same split and setting. They are written atomically and checked when read (format, key, names,
-shape, floating dtype, finite values); a corrupt or foreign file is rebuilt with a warning.
+stale ones of the same split and setting. They are written atomically (:func:`usvl.text.cache.write_cache`: a
+temporary file beside the target, flushed, renamed over it) and checked when read (format, key, names, shape, floating
+dtype, finite values); a corrupt or foreign file is rebuilt with a warning.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 """Version of the cache file layout; files of another version are rebuilt."""
+
 
 class FeatureCacheRefusedError(ValueError):
     """``feature_cache=True`` was asked for where the frozen image features would not be the same every epoch."""
