@@ -26,7 +26,7 @@ from shipped_configs import smoke
 from usvl.callbacks import SegmentationPredictionWriter, draw_overlay, mask_at_size, store_calibration
 from usvl.cli import run_lightning
 from usvl.data import FolderDataModule
-from usvl.data.datamodule import BadFilesError
+from usvl.data.bad_files import BadFilesError
 from usvl.data.dataset import StreamingImageDataset
 
 SIZES = {"a.png": (300, 200), "b.jpg": (97, 131), "c.jpeg": (640, 480), "d.png": (64, 64), "e.jpg": (512, 300),
