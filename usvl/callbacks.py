@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -21,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from usvl.data.decode import grey_array, open_image
 from usvl.metrics.calibration import THRESHOLD_METHODS, fit_calibration
-from usvl.utils.report import write_json_atomic
+from usvl.utils.atomic import atomic_output, write_json_atomic, write_new
 
 log = logging.getLogger(__name__)
 
@@ -342,12 +341,15 @@ class TestCaseWriter(Callback):
     def write(self, folder: Path) -> Path:
         """Write ``test_cases.csv`` (a new name when one exists) and the best/worst overlays into ``folder``."""
         folder.mkdir(parents=True, exist_ok=True)
-        path = unique_file(folder, "test_cases", ".csv")
         columns = list(dict.fromkeys(key for row in self._rows for key in row))
-        with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self._rows)
+
+        def write_rows(temporary: Path) -> None:
+            with temporary.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(self._rows)
+
+        path = write_new(folder / "test_cases.csv", write_rows)
         if self._best:
             cases = unique_folder(folder / path.stem)
             cases.mkdir(parents=True)
@@ -374,9 +376,8 @@ def store_calibration(checkpoint_path: str | Path, record: dict[str, Any]) -> No
     path = Path(checkpoint_path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     checkpoint.setdefault("usvl", {})["calibration"] = dict(record)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(checkpoint, temporary)
-    temporary.replace(path)
+    with atomic_output(path) as temporary:
+        torch.save(checkpoint, temporary)
 
 
 def validation_logits(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[torch.Tensor, torch.Tensor]:
