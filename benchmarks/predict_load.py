@@ -154,7 +154,14 @@ def ensure_checkpoint(root: Path, experiment: str, env: dict[str, str]) -> tuple
 
 
 class RowCounter:
-    """The number of data rows flushed so far to the one ``*/version_*/predictions/predictions.csv`` under a folder."""
+    """The number of data rows flushed so far to the prediction CSV under a folder.
+
+    The CSV is ``*/version_*/predictions/predictions.csv``, or a hidden temporary file beside it
+    (``.predictions.csv.*.tmp``, as :mod:`usvl`'s atomic writers name them) should the writer stream into one and
+    rename it at the end: the count then carries on through the rename.
+    """
+
+    PATTERNS = ("*/version_*/predictions/predictions.csv", "*/version_*/predictions/.predictions.csv.*.tmp")
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -165,18 +172,31 @@ class RowCounter:
 
     def rows(self, now: float) -> int:
         """Rows written so far (0 before the CSV exists); ``now`` is recorded as :attr:`created` on first sight."""
-        if self.path is None:
-            found = sorted(self.folder.glob("*/version_*/predictions/predictions.csv"))
-            if not found:
-                return 0
-            self.path, self.created = found[0], now
-        with self.path.open("rb") as handle:
-            handle.seek(self._offset)
-            chunk = handle.read()
+        chunk = self._read()
+        if chunk is None:
+            return max(self._lines - 1, 0)
+        if self.created is None:
+            self.created = now
         complete = chunk[:chunk.rfind(b"\n") + 1]
         self._offset += len(complete)
         self._lines += complete.count(b"\n")
         return max(self._lines - 1, 0)
+
+    def _read(self) -> bytes | None:
+        """The bytes after those counted, from the CSV (found again if it was renamed); None when there is none."""
+        for _ in range(2):
+            if self.path is None:
+                found = [path for pattern in self.PATTERNS for path in sorted(self.folder.glob(pattern))]
+                if not found:
+                    return None
+                self.path = found[0]
+            try:
+                with self.path.open("rb") as handle:
+                    handle.seek(self._offset)
+                    return handle.read()
+            except FileNotFoundError:
+                self.path = None
+        return None
 
 
 def sample_predict(command: list[str], env: dict[str, str], out: Path, log: Path, interval: float,
@@ -185,7 +205,8 @@ def sample_predict(command: list[str], env: dict[str, str], out: Path, log: Path
 
     Returns:
         The readings (one dict per reading, keys :data:`CURVE_COLUMNS`) and the run's timings: ``wall_s``,
-        ``csv_created_s`` (None when no CSV appeared), ``rows``, ``last_row_s`` and ``max_rss_single_process_mib``.
+        ``csv_created_s`` (None when no CSV appeared), ``rows``, ``last_row_s``, ``max_rss_single_process_mib`` and
+        ``cpu_s`` (user + system time of the process and the workers it waited for).
 
     Raises:
         RuntimeError: The command failed; the message holds the end of its log.
@@ -224,7 +245,7 @@ def sample_predict(command: list[str], env: dict[str, str], out: Path, log: Path
     rows = counter.rows(wall)
     last_row = next((s["t_s"] for s in samples if s["images"] >= rows), wall) if rows else None
     timings = {"wall_s": wall, "csv_created_s": counter.created, "rows": rows, "last_row_s": last_row,
-               "max_rss_single_process_mib": usage.ru_maxrss / 1024}
+               "max_rss_single_process_mib": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime}
     return samples, timings
 
 
@@ -262,6 +283,7 @@ def summarise(count: int, samples: list[dict[str, Any]], timings: dict[str, Any]
         "predict_s": None if predict_s is None else round(predict_s, 1),
         "images_per_s": round(rows / predict_s, 2) if predict_s else None,
         "images_per_s_wall": round(rows / timings["wall_s"], 2),
+        "cpu_s": round(timings["cpu_s"], 1),
         "peak_rss_tree_mib": peak("rss_tree_mib", samples),
         "peak_rss_main_mib": peak("rss_main_mib", samples),
         "peak_rss_workers_mib": peak("rss_workers_mib", samples),
