@@ -22,7 +22,8 @@ import usvl.models.heads
 import usvl.tasks
 import usvl.text  # noqa: F401  (short class names in configs)
 from usvl.callbacks import EpochSummary, TestCaseWriter
-from usvl.utils.report import format_metrics_table, peak_memory_mb, to_builtin, write_json_unique
+from usvl.utils.atomic import to_builtin, write_json_unique
+from usvl.utils.report import format_metrics_table, peak_memory_mb
 from usvl.utils.resume import resume_version
 
 log = logging.getLogger("usvl")

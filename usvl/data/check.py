@@ -77,6 +77,7 @@ from usvl.data.decode import (
 from usvl.data.duplicates import DEFAULT_THRESHOLD, Fingerprint, duplicate_groups, fingerprint_array, hamming
 from usvl.data.manifest import SPLITS, cell_paths, derive_class_names, normalise_manifest, skipped_files
 from usvl.data.sources.registry import read_source, source_options
+from usvl.utils.atomic import write_text_atomic
 
 Severity = Literal["error", "warning"]
 
@@ -207,7 +208,7 @@ class CheckReport:
         """Write :meth:`to_dict` as JSON (creating parent folders)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
         return path
 
     def format(self) -> str:

@@ -36,6 +36,7 @@ from usvl.data.splits import (
     write_split_file,
 )
 from usvl.data.transforms import BatchAugment
+from usvl.utils.atomic import write_csv_atomic
 
 log = logging.getLogger(__name__)
 
@@ -383,9 +384,9 @@ class UltrasoundDataModule(pl.LightningDataModule):
             log.info("Wrote the splits used to %s", path)
         if self.few_shot is not None and self.manifest is not None:
             train = self.manifest[self.manifest["split"] == "train"]
-            train[["name", "patient"]].to_csv(Path(folder) / "few_shot.csv", index=False)
+            write_csv_atomic(Path(folder) / "few_shot.csv", train[["name", "patient"]])
         if not self.duplicate_patients.empty:
-            self.duplicate_patients.to_csv(Path(folder) / "duplicate_groups.csv", index=False)
+            write_csv_atomic(Path(folder) / "duplicate_groups.csv", self.duplicate_patients)
         return path
 
     def decoded_splits(self, stage: str | None) -> tuple[str, ...]:

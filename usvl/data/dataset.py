@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -70,15 +71,16 @@ class UltrasoundDataset(Dataset):
         if cache and len(names):
             entry = DecodeCache(images, masks, size, with_masks, root=None if cache is True else cache)
             self.cache_path = entry.meta_path
-        split = entry.load() if entry is not None else None
-        if split is not None and split.skipped and on_bad_file == "error":
-            split = None  # decode again, so the first bad file raises its own error
-        if split is None:
-            split = _decode_split(names, images, masks, size, with_masks, threads, on_bad_file)
-            if entry is not None:
-                entry.save(split)
-        else:
-            self.cache_hit = True
+        with entry.exclusive() if entry is not None else contextlib.nullcontext():
+            split = entry.load() if entry is not None else None
+            if split is not None and split.skipped and on_bad_file == "error":
+                split = None  # decode again, so the first bad file raises its own error
+            if split is None:
+                split = _decode_split(names, images, masks, size, with_masks, threads, on_bad_file)
+                if entry is not None:
+                    entry.save(split)
+            else:
+                self.cache_hit = True
         self.kept = split.kept
         self.skipped = split.skipped
         if self.skipped and warn:
