@@ -35,7 +35,7 @@ from layouts import lesion
 from PIL import Image, ImageFilter
 from shipped_configs import CONFIGS
 
-from usvl.cli import run_lightning
+from usvl.cli import main, run_lightning
 from usvl.data import BadFilesError, FolderDataModule
 from usvl.tasks import ClassificationTask, SegmentationTask
 
@@ -162,11 +162,13 @@ def training_steps(monkeypatch) -> list[int]:
     return steps
 
 
-def test_error_names_every_missing_mislabelled_or_unlinked_file_before_the_first_step(tmp_path, training_steps):
+def test_error_names_every_missing_mislabelled_or_unlinked_file_before_the_first_step(tmp_path, training_steps,
+                                                                                     capsys, monkeypatch):
     root = write_corpus(tmp_path / "corpus")
-    with pytest.raises(BadFilesError) as error:
-        run_lightning(fit_args("classification", root, tmp_path / "runs", "error"))
-    message = str(error.value)
+    monkeypatch.delenv("USVL_DEBUG", raising=False)
+    assert main(fit_args("classification", root, tmp_path / "runs", "error")) == 2  # the `usvl` command's path
+    message = capsys.readouterr().err
+    assert message.startswith("usvl: error: ") and "Traceback" not in message
     for name in expected_bad("classification", decode=False):
         assert name in message, (name, message)
     assert "indeterminate" in message and "symlink loop" in message and "on_bad_file" in message

@@ -5,17 +5,20 @@ to its image, a label outside the classes, or a link the reader had to skip (a s
 data module raises :class:`BadFilesError` naming them before training starts; under ``skip`` it leaves them out and
 writes them to ``skipped_files.csv`` (:data:`SKIPPED_FILES`) in the run's log folder, one row each.
 
-This module depends on nothing else in :mod:`usvl.data`.
+This module depends on nothing else in :mod:`usvl.data`. :class:`BadFilesError` is a
+:class:`usvl.utils.errors.UserError`: the ``usvl`` command prints it without a traceback.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
+
+from usvl.utils.atomic import write_csv_atomic
+from usvl.utils.errors import UserError
 
 SKIPPED_FILES = "skipped_files.csv"
 """The file name of a run's skip list, in its log folder."""
@@ -27,7 +30,7 @@ NEXT_STEPS = (
 """What the error of bad files advises."""
 
 
-class BadFilesError(ValueError):
+class BadFilesError(UserError, ValueError):
     """Files listed in a manifest are missing or unusable; the message names every one (up to a limit)."""
 
 
@@ -64,9 +67,4 @@ def write_skipped_files(path: str | Path, skipped: Sequence[BadFile]) -> Path:
     Returns:
         The path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    pd.DataFrame(list(skipped), columns=list(BadFile._fields)).to_csv(partial, index=False)
-    os.replace(partial, path)
-    return path
+    return write_csv_atomic(path, pd.DataFrame(list(skipped), columns=list(BadFile._fields)))

@@ -468,7 +468,7 @@ class UltrasoundDataModule(pl.LightningDataModule):
                 log.warning("%d images skipped in all (on_bad_file='skip'), listed in %s", len(self.skip_list), path)
                 self._skips_reported = (len(self.skip_list), path)
         if not self.duplicates.empty:
-            self.duplicates.to_csv(Path(folder) / CROSS_SPLIT_DUPLICATES, index=False)
+            write_csv_atomic(Path(folder) / CROSS_SPLIT_DUPLICATES, self.duplicates)
 
     def _check_duplicates(self) -> None:
         """Fingerprint the new datasets' decoded arrays and warn about duplicate groups that span splits."""
