@@ -13,9 +13,9 @@ from layouts import ManifestModule
 from PIL import Image, ImageFilter
 
 import usvl.data.check as check
+from usvl.data.bad_files import BadFilesError
 from usvl.data.check import check_manifest
 from usvl.data.cli import data_main
-from usvl.data.datamodule import BadFilesError
 
 SIZE = 48
 

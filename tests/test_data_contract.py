@@ -16,13 +16,14 @@ from layouts import ManifestModule
 from PIL import Image
 from shipped_configs import smoke
 
+from usvl.data.bad_files import BadFilesError
 from usvl.data.check import check_manifest, check_source
 from usvl.data.cli import data_main
 from usvl.data.sources import FolderDataModule, read_folder_manifest
 
 DATA = Path(__file__).resolve().parents[1] / "usvl" / "data"
 LAYERS = (
-    ("manifest", "decode"),
+    ("manifest", "decode", "bad_files"),
     ("splits", "duplicates", "dataset", "decode_cache", "transforms"),
     ("datamodule",),
     ("sources.common", "sources.nextgen", "sources.busi", "sources.ddti", "sources.tn3k", "sources.prostate",
@@ -84,7 +85,7 @@ def test_the_data_package_imports_only_downwards():
 
 
 def test_manifest_and_decode_import_nothing_else_of_the_data_package():
-    for name in ("manifest", "decode"):
+    for name in ("manifest", "decode", "bad_files"):
         source = (Path(__file__).resolve().parents[1] / "usvl" / "data" / f"{name}.py").read_text()
         imports = [line for line in source.splitlines() if "usvl.data" in line and "import" in line]
         assert imports == [], (name, imports)
@@ -129,7 +130,7 @@ def test_csv_manifest_with_label_names_derives_the_classes(tmp_path):
     assert "derived from the labels" in report.format()
 
 
-def test_symlink_loop_in_images_is_named_skipped_and_counted(tmp_path, caplog):
+def test_symlink_loop_in_images_is_named_refused_or_skipped_and_counted(tmp_path, caplog):
     root, _ = layouts.write_folder(tmp_path / "folder", count=8)
     images = root / "images"
     (images / "loop_a.png").symlink_to(images / "loop_b.png")
@@ -143,7 +144,9 @@ def test_symlink_loop_in_images_is_named_skipped_and_counted(tmp_path, caplog):
     report = check_manifest(manifest, class_names=["benign", "malignant"], threads=1)
     assert report.names("skipped-file") == {"loop_a.png", "loop_b.png"}
     assert "skipped-file 2" in report.format()
-    module = FolderDataModule(root=str(root), image_size=32, batch_size=2, decode_cache=False)
+    with pytest.raises(BadFilesError, match=r"loop_a\.png.*symlink loop"):
+        FolderDataModule(root=str(root), image_size=32, batch_size=2, decode_cache=False).prepare_manifest()
+    module = FolderDataModule(root=str(root), image_size=32, batch_size=2, decode_cache=False, on_bad_file="skip")
     module.prepare_manifest()
     assert {name for name, _ in module.skipped} == {"loop_a.png", "loop_b.png"}
 

@@ -23,10 +23,16 @@ import torch
 from PIL import Image
 from shipped_configs import smoke
 
-from usvl.callbacks import SegmentationPredictionWriter, draw_overlay, mask_at_size, store_calibration
+from usvl.callbacks import (
+    PredictionWriter,
+    SegmentationPredictionWriter,
+    draw_overlay,
+    mask_at_size,
+    store_calibration,
+)
 from usvl.cli import run_lightning
 from usvl.data import FolderDataModule
-from usvl.data.datamodule import BadFilesError
+from usvl.data.bad_files import BadFilesError
 from usvl.data.dataset import StreamingImageDataset
 
 SIZES = {"a.png": (300, 200), "b.jpg": (97, 131), "c.jpeg": (640, 480), "d.png": (64, 64), "e.jpg": (512, 300),
@@ -228,3 +234,29 @@ def test_writer_reports_the_area_in_mm2_with_a_pixel_spacing(new_images, tmp_pat
     assert [row["overlay"] for row in rows] == ["overlays/a.png", "overlays/a-1.png"]
     with pytest.raises(ValueError, match="pixel_spacing_mm"):
         SegmentationPredictionWriter(pixel_spacing_mm=0)
+
+
+class NameWriter(PredictionWriter):
+    """A writer of one ``name`` column, to watch the CSV's life without a model."""
+
+    def header(self, pl_module):
+        return ["name"]
+
+    def batch_rows(self, pl_module, prediction, batch):
+        return [[name] for name in prediction["name"]]
+
+
+def test_predictions_csv_appears_only_complete_and_an_interrupted_run_keeps_its_rows(tmp_path, caplog):
+    trainer = SimpleNamespace(log_dir=str(tmp_path))
+    finished, stopped = NameWriter(overlays=False), NameWriter(overlays=False)
+    for writer in (finished, stopped):
+        writer.on_predict_start(trainer, None)
+        writer.write_on_batch_end(trainer, None, {"name": ["a.png", "b.png"]}, None, None, 0, 0)
+        assert not (writer.folder / "predictions.csv").exists()
+    finished.on_predict_end(trainer, None)
+    finished.teardown(trainer, None, "predict")
+    stopped.teardown(trainer, None, "predict")  # an error ended the run before on_predict_end
+    assert (finished.folder / "predictions.csv").read_text().split() == ["name", "a.png", "b.png"]
+    assert sorted(p.name for p in stopped.folder.iterdir()) == ["predictions-incomplete.csv"]
+    assert (stopped.folder / "predictions-incomplete.csv").read_text().split() == ["name", "a.png", "b.png"]
+    assert "stopped after 2 images" in caplog.text

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from usvl.data.decode import grey_array, open_image
 from usvl.metrics.calibration import THRESHOLD_METHODS, fit_calibration
-from usvl.utils.report import write_json_atomic
+from usvl.utils.atomic import atomic_output, write_json_atomic, write_new
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,11 @@ class PredictionWriter(BasePredictionWriter, ABC):
     """Write ``usvl predict`` results batch by batch into a new folder: ``predictions.csv`` and ``overlays/``.
 
     The folder is ``<output_dir>/predictions`` (``predictions-1``, ... if it exists), so earlier predictions are
-    never overwritten. Rows are appended and flushed per batch and nothing is kept per image, so memory stays flat
-    over any number of images. Subclasses define the CSV header and what each batch writes.
+    never overwritten. Rows are appended and flushed per batch to a hidden ``.predictions.csv.partial.tmp`` and
+    nothing is kept per image, so memory stays flat over any number of images. When every image is done the file
+    is synced and renamed to ``predictions.csv``, so that name always means a complete prediction; when prediction
+    stops with an error, the rows so far are kept as ``predictions-incomplete.csv`` and a warning says how many.
+    Subclasses define the CSV header and what each batch writes.
 
     Args:
         output_dir: Parent folder; defaults to the run's log dir.
@@ -130,7 +133,7 @@ class PredictionWriter(BasePredictionWriter, ABC):
         if self.overlays:
             (self.folder / "overlays").mkdir()
         self.count = 0
-        self._handle = (self.folder / "predictions.csv").open("w", newline="", encoding="utf-8")
+        self._handle = self.partial_path.open("w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._handle)
         self._csv.writerow(self.header(pl_module))
 
@@ -150,19 +153,32 @@ class PredictionWriter(BasePredictionWriter, ABC):
         draw_overlay(load_original(path), text, mask).save(target)
         return target.relative_to(self.folder).as_posix()
 
+    @property
+    def partial_path(self) -> Path:
+        """The CSV being written, before it is complete."""
+        return self.folder / ".predictions.csv.partial.tmp"
+
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Close the CSV and say where the predictions went."""
-        self._close()
+        """Close the CSV, put it in place as ``predictions.csv`` and say where the predictions went."""
+        self._close(self.folder / "predictions.csv")
         log.info("Predictions of %d images written to %s", self.count, self.folder)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Close the CSV also when prediction stopped with an error (what was written stays)."""
-        self._close()
-
-    def _close(self) -> None:
+        """When prediction stopped with an error, keep the rows so far as ``predictions-incomplete.csv``."""
         if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+            target = self._close(self.folder / "predictions-incomplete.csv")
+            log.warning("Prediction stopped after %d images; their rows are in %s (predictions.csv is only written "
+                        "when every image is done)", self.count, target)
+
+    def _close(self, target: Path) -> Path | None:
+        if self._handle is None:
+            return None
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        self._handle = None
+        self.partial_path.replace(target)
+        return target
 
 
 class ClassificationPredictionWriter(PredictionWriter):
@@ -342,12 +358,15 @@ class TestCaseWriter(Callback):
     def write(self, folder: Path) -> Path:
         """Write ``test_cases.csv`` (a new name when one exists) and the best/worst overlays into ``folder``."""
         folder.mkdir(parents=True, exist_ok=True)
-        path = unique_file(folder, "test_cases", ".csv")
         columns = list(dict.fromkeys(key for row in self._rows for key in row))
-        with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self._rows)
+
+        def write_rows(temporary: Path) -> None:
+            with temporary.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(self._rows)
+
+        path = write_new(folder / "test_cases.csv", write_rows)
         if self._best:
             cases = unique_folder(folder / path.stem)
             cases.mkdir(parents=True)
@@ -374,9 +393,8 @@ def store_calibration(checkpoint_path: str | Path, record: dict[str, Any]) -> No
     path = Path(checkpoint_path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     checkpoint.setdefault("usvl", {})["calibration"] = dict(record)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(checkpoint, temporary)
-    temporary.replace(path)
+    with atomic_output(path) as temporary:
+        torch.save(checkpoint, temporary)
 
 
 def validation_logits(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 
@@ -15,13 +16,30 @@ from usvl.lightning_cli import (
     run_lightning,
     stored_class_names,
 )
+from usvl.utils.errors import DEBUG_VARIABLE, UserError
 from usvl.utils.threads import configure_threads
 
 __all__ = ["DESCRIPTION", "USVLCLI", "console_trainer_kwargs", "main", "run_lightning", "stored_class_names"]
 
 
 def main(args: ArgsType = None) -> int | None:
-    """Entry point of the ``usvl`` console script; returns the exit code of ``usvl data`` or ``usvl text``."""
+    """Entry point of the ``usvl`` console script; returns the exit code of ``usvl data`` or ``usvl text``.
+
+    A :class:`usvl.utils.errors.UserError` (bad files, a checkpoint of another model, missing weights, a bad grid,
+    a non-finite loss, ...) is printed as ``usvl: error: <message>`` with exit status 2, without a traceback; set
+    ``USVL_DEBUG=1`` to get the traceback.
+    """
+    try:
+        return _dispatch(args)
+    except UserError as error:
+        if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+            raise
+        logging.getLogger("usvl").debug("User error", exc_info=True)
+        print(f"usvl: error: {error}\n(set {DEBUG_VARIABLE}=1 for the traceback)", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: ArgsType) -> int | None:
     argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The frozen towers are in eval mode on purpose (fixed batch-norm statistics); Lightning warns about it.

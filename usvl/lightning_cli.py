@@ -22,7 +22,8 @@ import usvl.models.heads
 import usvl.tasks
 import usvl.text  # noqa: F401  (short class names in configs)
 from usvl.callbacks import EpochSummary, TestCaseWriter
-from usvl.utils.report import format_metrics_table, peak_memory_mb, to_builtin, write_json_unique
+from usvl.utils.atomic import to_builtin, write_json_unique
+from usvl.utils.report import format_metrics_table, peak_memory_mb
 from usvl.utils.resume import resume_version
 
 log = logging.getLogger("usvl")
@@ -110,7 +111,11 @@ class USVLCLI(LightningCLI):
         self._fit_started = time.perf_counter()
 
     def after_fit(self) -> None:
-        """Test the best checkpoint on the test split and write ``test_metrics.json`` in the run's log dir."""
+        """Test the best checkpoint on the test split and write ``test_metrics.json`` in the run's log dir.
+
+        The report holds the metrics, parameter counts, peak memory, the checkpoint and, with a usvl data module,
+        ``skipped_files``: how many images ``on_bad_file="skip"`` left out (listed in ``skipped_files.csv``).
+        """
         trainer = self.trainer
         if trainer.fast_dev_run or trainer.interrupted:
             return
@@ -217,6 +222,9 @@ class USVLCLI(LightningCLI):
             "usvl_version": usvl.__version__,
             **extra,
         }
+        skip_list = getattr(self.datamodule, "skip_list", None)
+        if skip_list is not None:
+            payload["skipped_files"] = len(skip_list)  # listed in the run folder's skipped_files.csv
         calibration = getattr(self.model, "calibration", None)
         if calibration:
             payload["calibration"] = dict(calibration)

@@ -1,11 +1,13 @@
 """Data modules: one shared machinery, one thin module per dataset source.
 
-Layers, lowest first: :mod:`~usvl.data.manifest` (the manifest contract) and :mod:`~usvl.data.decode` (the decoding
-rule) <- splits, duplicates, dataset, decode_cache, transforms (augmentation) <- datamodule <- sources (one module
-per layout, helpers in ``sources.common``) <- ``sources.registry`` <- check, cli.
+Layers, lowest first: :mod:`~usvl.data.manifest` (the manifest contract), :mod:`~usvl.data.decode` (the decoding
+rule) and :mod:`~usvl.data.bad_files` (the bad-file error and skip list) <- splits, duplicates, dataset,
+decode_cache, transforms (augmentation) <- datamodule <- sources (one module per layout, helpers in
+``sources.common``) <- ``sources.registry`` <- check, cli.
 """
 
-from usvl.data.datamodule import BadFilesError, UltrasoundDataModule
+from usvl.data.bad_files import BadFilesError
+from usvl.data.datamodule import UltrasoundDataModule
 from usvl.data.manifest import DatasetNotFoundError
 from usvl.data.sources import (
     BUSIDataModule,

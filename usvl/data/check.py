@@ -17,7 +17,7 @@ kind                         severity meaning
 ``unknown-label``            error    classification: label outside ``0..len(class_names)-1``
                                       (segmentation: a warning, when other images have labels)
 ``no-labels``                error    classification: no image has a label (one problem, no names)
-``skipped-file``             warning  the reader skipped a file (symlink loop, broken symlink)
+``skipped-file``             error    the reader skipped a file (symlink loop, broken symlink)
 ``mask-size-differs``        warning  mask and image sizes differ but share the aspect ratio (e.g. a
                                       half-resolution mask): resized together
 ``mask-encoding``            warning  grey levels in the mask (anti-aliasing, JPEG artefacts; binarised
@@ -41,7 +41,7 @@ For a classification check the mask problems (``size-mismatch``, ``mask-loads-em
 
 ``no-labels`` (error, classification) replaces the per-image ``unknown-label`` errors when no image has a label
 at all (e.g. DDTI's processed release): the source has no class labels, so check it with ``--task segmentation``.
-``skipped-file`` (warning) lists files the reader skipped (a symbolic link that loops or points nowhere).
+``skipped-file`` (error) lists files the reader skipped (a symbolic link that loops or points nowhere).
 
 Errors are what would break or silently corrupt training: the data module refuses these images (or leaves them out
 with ``on_bad_file="skip"``). Warnings are worth a look, but a run can go on. Images and masks are decoded by
@@ -77,6 +77,7 @@ from usvl.data.decode import (
 from usvl.data.duplicates import DEFAULT_THRESHOLD, Fingerprint, duplicate_groups, fingerprint_array, hamming
 from usvl.data.manifest import SPLITS, cell_paths, derive_class_names, normalise_manifest, skipped_files
 from usvl.data.sources.registry import read_source, source_options
+from usvl.utils.atomic import write_text_atomic
 
 Severity = Literal["error", "warning"]
 
@@ -89,7 +90,7 @@ SEVERITY: dict[str, Severity] = {
     "mask-loads-empty": "error",
     "unknown-label": "error",
     "no-labels": "error",
-    "skipped-file": "warning",
+    "skipped-file": "error",
     "mask-encoding": "warning",
     "mask-size-differs": "warning",
     "mask-full": "warning",
@@ -207,7 +208,7 @@ class CheckReport:
         """Write :meth:`to_dict` as JSON (creating parent folders)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
         return path
 
     def format(self) -> str:

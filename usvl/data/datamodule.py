@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import pandas as pd
 from torch.utils.data import DataLoader
 
+from usvl.data.bad_files import SKIPPED_FILES, BadFile, bad_files_error, write_skipped_files
 from usvl.data.dataset import BAD_FILE_POLICIES, StreamingImageDataset, UltrasoundDataset
 from usvl.data.decode import default_threads
 from usvl.data.duplicates import (
@@ -35,15 +36,15 @@ from usvl.data.splits import (
     write_split_file,
 )
 from usvl.data.transforms import BatchAugment
+from usvl.utils.atomic import write_csv_atomic
 
 log = logging.getLogger(__name__)
 
+CROSS_SPLIT_DUPLICATES = "cross_split_duplicates.csv"
+"""The file name of the duplicate groups that span splits, in a run's log folder."""
+
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 """The splits each Lightning stage uses (``predict`` uses ``predict_split``; no stage: all)."""
-
-
-class BadFilesError(ValueError):
-    """Files listed in a manifest are missing or unusable; the message names every one (up to a limit)."""
 
 
 class UltrasoundDataModule(pl.LightningDataModule):
@@ -53,10 +54,20 @@ class UltrasoundDataModule(pl.LightningDataModule):
     labels in range, masks present for segmentation, except for ``predict``; ``on_bad_file`` decides) -> assign the
     missing splits (grouped by patient, each duplicate image group counting as one patient, stratified by label,
     official splits kept; see :mod:`usvl.data.splits`) or apply ``split_file`` -> take the ``few_shot`` subset of
-    the training split -> build the datasets of the stage -> warn about duplicate images across splits (possible
-    only with given splits). The splits used are written as ``splits.csv`` into the trainer's log folder (when a
-    logger is attached) and to ``split_file`` (when given and absent), never overwriting a different file; the
-    duplicate groups merged into patients as ``duplicate_groups.csv`` beside it.
+    the training split -> decode the splits of the stage (``fit``: the test split too, see :meth:`decoded_splits`)
+    -> warn about duplicate images across splits (possible only with given splits). The splits used are written as
+    ``splits.csv`` into the trainer's log folder (when a logger is attached) and to ``split_file`` (when given and
+    absent), never overwriting a different file; the duplicate groups merged into patients as
+    ``duplicate_groups.csv`` beside it, the images skipped under ``on_bad_file="skip"`` as ``skipped_files.csv`` and
+    the duplicate groups that span the given splits as ``cross_split_duplicates.csv``.
+
+    Bad files (see :mod:`usvl.data.bad_files`) never reach a training step: every one is found before training
+    starts (images are decoded into memory at setup; loader workers only index those arrays). Under
+    ``on_bad_file="error"`` setup raises :class:`~usvl.data.bad_files.BadFilesError` naming them: first every
+    missing file, missing mask, unknown label and file the reader skipped (a symlink loop), else every file that
+    cannot be decoded or whose mask does not fit it. Under ``"skip"`` they are left out, named in warnings and
+    listed in ``skipped_files.csv``. Duplicates across given splits are no bad files: both copies are named in a
+    warning and kept, whatever ``on_bad_file`` says (a published split stays comparable).
 
     ``predict`` needs neither labels nor masks and streams its images
     (:class:`~usvl.data.dataset.StreamingImageDataset`: decoded one at a time, each batch carrying the images' paths
@@ -85,8 +96,9 @@ class UltrasoundDataModule(pl.LightningDataModule):
             10, 20 and 50): stratified per class, grouped by patient, seeded by ``split_seed`` and nested (a
             smaller subset is contained in every larger one). Validation and test are unchanged. None: all.
         on_bad_file: ``"error"``: a missing file, a missing mask (segmentation), a label outside the classes
-            (classification) or an undecodable file raises, naming the files. ``"skip"``: those images are dropped,
-            counted in a warning and listed in :attr:`skipped`.
+            (classification), a file the reader skipped (a symlink loop) or an undecodable file raises, naming the
+            files. ``"skip"``: those images are dropped, counted in a warning and listed in :attr:`skip_list` (and
+            in the run folder's ``skipped_files.csv``).
         decode_cache: Keep the decoded arrays in the disk cache (``usvl.data.decode_cache``) for later runs.
         group_duplicates: Before assigning splits, fingerprint every image and treat each exact or near duplicate
             group (:mod:`usvl.data.duplicates`) as one patient, so no group spans splits. Splits given by the
@@ -99,7 +111,8 @@ class UltrasoundDataModule(pl.LightningDataModule):
     Attributes:
         manifest: The manifest in use (after validation, splits and few-shot), once set up.
         split_manifest: The manifest with its full splits, before the few-shot subset.
-        skipped: ``(name, reason)`` of every image left out under ``on_bad_file="skip"``.
+        skip_list: Every image left out under ``on_bad_file="skip"``: name, split (None when not assigned yet)
+            and reason (:class:`~usvl.data.bad_files.BadFile`); :attr:`skipped` has their ``(name, reason)``.
         duplicates: Cross-split duplicate groups found among the datasets built so far (see
             :func:`usvl.data.duplicates.cross_split_duplicates`).
         duplicate_patients: The duplicate groups merged into one patient each before split assignment (one row
@@ -158,10 +171,11 @@ class UltrasoundDataModule(pl.LightningDataModule):
         self.predict_dataset: StreamingImageDataset | None = None
         self.manifest: pd.DataFrame | None = None
         self.split_manifest: pd.DataFrame | None = None
-        self.skipped: list[tuple[str, str]] = []
+        self.skip_list: list[BadFile] = []
         self.duplicates: pd.DataFrame = pd.DataFrame(columns=list(GROUP_COLUMNS))
         self._split_file_reused = False
         self._saved_split_dirs: set[str] = set()
+        self._skips_reported: tuple[int, Path] | None = None
         self._fingerprints: dict[str, list[Fingerprint]] = {}
 
     def use_class_names(self, class_names: Sequence[str], origin: str) -> None:
@@ -203,18 +217,21 @@ class UltrasoundDataModule(pl.LightningDataModule):
 
         Returns:
             The normalised manifest (see :func:`usvl.data.manifest.normalise_manifest`), without the bad rows under
-            ``on_bad_file="skip"`` (those are added to :attr:`skipped` and logged). Files the reader skipped
-            (:func:`usvl.data.manifest.skipped_files`, e.g. symlink loops) are added to :attr:`skipped` too.
+            ``on_bad_file="skip"`` (those are added to :attr:`skip_list` and logged). Files the reader skipped
+            (:func:`usvl.data.manifest.skipped_files`, e.g. symlink loops) are added to :attr:`skip_list` too.
 
         Raises:
             ValueError: A required column is missing or names repeat.
-            BadFilesError: Bad rows under ``on_bad_file="error"``; the message names them.
+            BadFilesError: Bad rows or files the reader skipped, under ``on_bad_file="error"``; the message names
+                every one (up to 20) and says what to do.
         """
         missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
         if missing:
             raise ValueError(f"Manifest lacks columns {missing}")
-        unreadable = skipped_files(manifest)
-        self._record_skipped(unreadable, len(manifest) + len(unreadable), why="unreadable, skipped by the reader")
+        unreadable = [BadFile(name, None, f"skipped by the reader: {reason}")
+                      for name, reason in skipped_files(manifest)]
+        if unreadable and self.on_bad_file == "skip":
+            self._record_skipped(unreadable, len(manifest) + len(unreadable), why="unreadable, skipped by the reader")
         manifest = normalise_manifest(manifest)
         names = manifest["name"].astype(str)
         repeated = sorted(set(names[names.duplicated()]))
@@ -241,26 +258,28 @@ class UltrasoundDataModule(pl.LightningDataModule):
                 raw = f" (label_name {row.label_name!r})" if row.label_name is not None else ""
                 problems.append((position, name, f"label {int(row.label)}{raw} outside 0..{self.num_classes - 1} "
                                                  f"{self.class_names}"))
-        if not problems:
+        splits = manifest["split"].tolist()
+        bad = [BadFile(name, splits[position], reason) for position, name, reason in problems]
+        if self.on_bad_file == "error" and (bad or unreadable):
+            raise bad_files_error(bad + unreadable, len(manifest) + len(unreadable))
+        if not bad:
             return manifest
-        if self.on_bad_file == "error":
-            listed = "; ".join(f"{name}: {reason}" for _, name, reason in problems[:20])
-            more = f"; and {len(problems) - 20} more" if len(problems) > 20 else ""
-            raise BadFilesError(
-                f"{len(problems)} of {len(manifest)} images are unusable: {listed}{more}. Fix them, pass "
-                f"on_bad_file='skip' to leave them out, or run `usvl data check` for a full report."
-            )
-        self._record_skipped([(name, reason) for _, name, reason in problems], len(manifest))
-        bad = {position for position, _, _ in problems}
-        return manifest[[i not in bad for i in range(len(manifest))]].reset_index(drop=True)
+        self._record_skipped(bad, len(manifest))
+        positions = {position for position, _, _ in problems}
+        return manifest[[i not in positions for i in range(len(manifest))]].reset_index(drop=True)
 
-    def _record_skipped(self, skipped: list[tuple[str, str]], total: int, level: int = logging.WARNING,
-                        why: str = "on_bad_file='skip'") -> None:
+    def _record_skipped(self, skipped: list[BadFile], total: int, why: str = "on_bad_file='skip'") -> None:
+        """Add ``skipped`` to :attr:`skip_list` and name every one in a warning."""
         if not skipped:
             return
-        self.skipped.extend(skipped)
-        log.log(level, "Skipped %d of %d images (%s); %d skipped in all so far:\n%s", len(skipped), total, why,
-                len(self.skipped), "\n".join(f"  {name}: {reason}" for name, reason in skipped))
+        self.skip_list.extend(skipped)
+        log.warning("Skipped %d of %d images (%s); %d skipped in all so far:\n%s", len(skipped), total, why,
+                    len(self.skip_list), "\n".join(f"  {item.describe()}" for item in skipped))
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """``(name, reason)`` of every image left out under ``on_bad_file="skip"`` (see :attr:`skip_list`)."""
+        return [(item.name, item.reason) for item in self.skip_list]
 
     def stage_splits(self, stage: str | None) -> tuple[str, ...]:
         """The splits a Lightning stage uses (all three for no stage)."""
@@ -365,37 +384,91 @@ class UltrasoundDataModule(pl.LightningDataModule):
             log.info("Wrote the splits used to %s", path)
         if self.few_shot is not None and self.manifest is not None:
             train = self.manifest[self.manifest["split"] == "train"]
-            train[["name", "patient"]].to_csv(Path(folder) / "few_shot.csv", index=False)
+            write_csv_atomic(Path(folder) / "few_shot.csv", train[["name", "patient"]])
         if not self.duplicate_patients.empty:
-            self.duplicate_patients.to_csv(Path(folder) / "duplicate_groups.csv", index=False)
+            write_csv_atomic(Path(folder) / "duplicate_groups.csv", self.duplicate_patients)
         return path
 
+    def decoded_splits(self, stage: str | None) -> tuple[str, ...]:
+        """The splits :meth:`setup` decodes for a stage: those it uses, and for ``fit`` the test split too.
+
+        ``fit`` decodes the test split (when it has images) so that a bad test file, or a test image duplicating a
+        training image, is reported before the first training step rather than after training; the test after
+        ``usvl fit`` reuses it.
+        """
+        splits = self.stage_splits(stage)
+        return (*splits, "test") if stage == "fit" and "test" not in splits else splits
+
     def setup(self, stage: str | None = None) -> None:
-        """Prepare the manifest once, save the splits next to the run, and decode the splits the stage needs."""
+        """Prepare the manifest once, save the splits next to the run, and decode the splits of the stage.
+
+        Every image of the splits :meth:`decoded_splits` names is decoded before training starts. Under
+        ``on_bad_file="error"`` one :class:`~usvl.data.bad_files.BadFilesError` names every file that cannot be
+        decoded (and its split); under ``"skip"`` they are left out, named in a warning and, with a logger, listed
+        in ``skipped_files.csv`` in the trainer's log folder (see :meth:`write_run_records`).
+
+        Raises:
+            BadFilesError: Bad files under ``on_bad_file="error"``.
+        """
         manifest = self.prepare_manifest(stage)
-        trainer = self.trainer
-        if trainer is not None and len(trainer.loggers) > 0:
-            folder = trainer.log_dir  # every rank must ask (it broadcasts)
-            if folder is not None and folder not in self._saved_split_dirs:
-                self.save_splits(folder)
-                self._saved_split_dirs.add(folder)
+        folder = self._log_dir()
+        if folder is not None and folder not in self._saved_split_dirs:
+            self.save_splits(folder)
+            self._saved_split_dirs.add(folder)
         if stage == "predict":
             rows = manifest[manifest["split"] == self.predict_split].reset_index(drop=True)
             self.predict_dataset = StreamingImageDataset(rows, self.image_size, on_bad_file=self.on_bad_file,
                                                          block_size=self.eval_batch_size)
-            return
-        built = False
-        for split in self.stage_splits(stage):
-            if split not in self.datasets:
-                rows = manifest[manifest["split"] == split].reset_index(drop=True)
-                dataset = UltrasoundDataset(rows, self.image_size, with_masks=self.task == "segmentation",
-                                            on_bad_file=self.on_bad_file, cache=self.decode_cache)
-                # the dataset already warned with the count and first names; list them all at info level
-                self._record_skipped(list(dataset.skipped), len(rows), logging.INFO)
-                self.datasets[split] = dataset
-                built = True
+        else:
+            self._build_datasets(manifest, stage)
+        if folder is not None:
+            self.write_run_records(folder)
+
+    def _log_dir(self) -> str | None:
+        """The trainer's log folder, None without a trainer or logger (every rank must ask: it broadcasts)."""
+        trainer = self.trainer
+        return trainer.log_dir if trainer is not None and len(trainer.loggers) > 0 else None
+
+    def _build_datasets(self, manifest: pd.DataFrame, stage: str | None) -> None:
+        """Decode the splits of ``stage`` not built yet; raise naming every bad file, or record them, per policy."""
+        built: dict[str, UltrasoundDataset] = {}
+        bad: list[BadFile] = []
+        looked_at = 0
+        for split in self.decoded_splits(stage):
+            rows = manifest[manifest["split"] == split].reset_index(drop=True)
+            if split in self.datasets or (rows.empty and split not in self.stage_splits(stage)):
+                continue
+            dataset = UltrasoundDataset(rows, self.image_size, with_masks=self.task == "segmentation",
+                                        on_bad_file="skip", cache=self.decode_cache, warn=False)
+            found = [BadFile(name, split, reason) for name, reason in dataset.skipped]
+            if self.on_bad_file == "error":
+                bad += found
+                looked_at += len(rows)
+            else:
+                self._record_skipped(found, len(rows))
+            built[split] = dataset
+        if bad:
+            raise bad_files_error(bad, looked_at)
+        self.datasets.update(built)
         if built:
             self._check_duplicates()
+
+    def write_run_records(self, folder: str | Path) -> None:
+        """Write what the data module left out or found into a run's log folder (on global rank zero only).
+
+        ``skipped_files.csv`` (columns ``name``, ``split``, ``reason``; see :mod:`usvl.data.bad_files`) under
+        ``on_bad_file="skip"``, also when nothing was skipped; ``cross_split_duplicates.csv`` (one row per member,
+        see :func:`usvl.data.duplicates.groups_frame`) when duplicate images span the splits.
+        """
+        if not self._is_global_zero():
+            return
+        if self.on_bad_file == "skip":
+            path = write_skipped_files(Path(folder) / SKIPPED_FILES, self.skip_list)
+            if self.skip_list and self._skips_reported != (len(self.skip_list), path):
+                log.warning("%d images skipped in all (on_bad_file='skip'), listed in %s", len(self.skip_list), path)
+                self._skips_reported = (len(self.skip_list), path)
+        if not self.duplicates.empty:
+            write_csv_atomic(Path(folder) / CROSS_SPLIT_DUPLICATES, self.duplicates)
 
     def _check_duplicates(self) -> None:
         """Fingerprint the new datasets' decoded arrays and warn about duplicate groups that span splits."""
@@ -421,8 +494,11 @@ class UltrasoundDataModule(pl.LightningDataModule):
         if lines:
             per_kind = groups.drop_duplicates("group")["kind"].value_counts().to_dict()
             log.warning("%d duplicate groups span the splits %s (%s; compared at %d px), which leaks evaluation "
-                        "images into training:\n%s", len(lines), sorted(self._fingerprints), per_kind,
-                        self.image_size, "\n".join(lines))
+                        "images into training:\n%s\nThe given splits are kept (and the groups listed in %s in the "
+                        "run folder). To remove the leak, delete all but one image of each group, or leave their "
+                        "split empty so that the data module assigns it, each group as one patient.",
+                        len(lines), sorted(self._fingerprints), per_kind, self.image_size, "\n".join(lines),
+                        CROSS_SPLIT_DUPLICATES)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return self._dataloader(self.datasets[split], shuffle)

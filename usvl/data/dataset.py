@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,7 @@ class UltrasoundDataset(Dataset):
             :attr:`skipped` and reported in one warning with their count and first names.
         cache: Use the disk cache of decoded arrays (``True``: under ``usvl.paths.cache_dir()/decoded``; a
             path: that folder; ``False`` or ``None``: always decode, write nothing).
+        warn: Log the rows skipped under ``on_bad_file="skip"`` in a warning (``False``: the caller reports them).
 
     Attributes:
         skipped: ``(name, reason)`` of every row left out under ``on_bad_file="skip"``.
@@ -55,7 +57,7 @@ class UltrasoundDataset(Dataset):
 
     def __init__(self, manifest: pd.DataFrame, size: int, with_masks: bool = False, threads: int = 4,
                  on_bad_file: Literal["error", "skip"] = "error",
-                 cache: bool | str | os.PathLike | None = True) -> None:
+                 cache: bool | str | os.PathLike | None = True, warn: bool = True) -> None:
         if on_bad_file not in BAD_FILE_POLICIES:
             raise ValueError(f"on_bad_file must be one of {BAD_FILE_POLICIES}, not {on_bad_file!r}")
         names = [str(name) for name in manifest["name"].tolist()]
@@ -69,18 +71,19 @@ class UltrasoundDataset(Dataset):
         if cache and len(names):
             entry = DecodeCache(images, masks, size, with_masks, root=None if cache is True else cache)
             self.cache_path = entry.meta_path
-        split = entry.load() if entry is not None else None
-        if split is not None and split.skipped and on_bad_file == "error":
-            split = None  # decode again, so the first bad file raises its own error
-        if split is None:
-            split = _decode_split(names, images, masks, size, with_masks, threads, on_bad_file)
-            if entry is not None:
-                entry.save(split)
-        else:
-            self.cache_hit = True
+        with entry.exclusive() if entry is not None else contextlib.nullcontext():
+            split = entry.load() if entry is not None else None
+            if split is not None and split.skipped and on_bad_file == "error":
+                split = None  # decode again, so the first bad file raises its own error
+            if split is None:
+                split = _decode_split(names, images, masks, size, with_masks, threads, on_bad_file)
+                if entry is not None:
+                    entry.save(split)
+            else:
+                self.cache_hit = True
         self.kept = split.kept
         self.skipped = split.skipped
-        if self.skipped:
+        if self.skipped and warn:
             examples = "; ".join(f"{name} ({reason})" for name, reason in self.skipped[:3])
             log.warning("Skipped %d of %d images with bad or missing files (on_bad_file='skip'), e.g. %s",
                         len(self.skipped), len(names), examples)

@@ -10,29 +10,32 @@ under ``usvl.paths.cache_dir() / "decoded"``.
   size is not noticed).
 * ``identity`` hashes the same without the file stamps; when an entry is written, older entries with the same
   identity (stale versions of this split) are deleted, so invalidation does not grow the cache.
-* Files are written to a temporary name and renamed (``os.replace``), arrays first and the JSON last, so a
-  reader sees a complete entry or none; concurrent writers of one key write identical bytes.
+* Files are written atomically (:mod:`usvl.utils.atomic`), arrays first and the JSON last, so a reader sees a
+  complete entry or none. A lock file per split (:meth:`DecodeCache.exclusive`) lets one process decode while
+  the others wait for its entry.
 * Arrays are read with ``np.load(mmap_mode="r")`` and copied into memory, so the dataset does not depend on the
   files afterwards (and pickles cheaply into DataLoader workers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 
 from usvl.data.decode import DECODER_VERSION
 from usvl.data.manifest import cell_paths
 from usvl.paths import cache_dir
+from usvl.utils.atomic import atomic_output, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,27 @@ class DecodeCache:
         """The JSON of names, kept positions and skipped rows; written last, so it marks a complete entry."""
         return self.root / f"{self.stem}.json"
 
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold this split's lock file while reading, decoding and writing the entry.
+
+        Several processes that open the same split at once (DDP ranks, runs of a grid) then decode it once: the
+        first decodes and writes, the others wait and read the entry. Without a writable cache folder the block
+        runs unlocked (the entry cannot be written either; :meth:`save` warns).
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(self.root / f".{self.identity}.lock"))
+            lock.acquire()
+        except OSError as error:
+            log.debug("Decoded-image cache lock unavailable (%s); decoding without it", error)
+            yield
+            return
+        try:
+            yield
+        finally:
+            lock.release()
+
     def load(self) -> DecodedSplit | None:
         """Read the entry, or ``None`` on a miss (absent, stale or unreadable; logged either way)."""
         if not self.meta_path.is_file():
@@ -161,29 +185,17 @@ class DecodeCache:
             meta = {"key": self.key, "identity": self.identity, "decoder": DECODER_VERSION, "size": self.size,
                     "with_masks": self.with_masks, "kept": list(split.kept), "names": list(split.names),
                     "skipped": [list(row) for row in split.skipped]}
-            self._write_bytes(self.meta_path, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+            write_text_atomic(self.meta_path, json.dumps(meta, ensure_ascii=False))
         except OSError as error:
             log.warning("Could not write the decoded-image cache %s: %s", self.meta_path, error)
             return
         log.info("Decoded-image cache written: %d images to %s", len(split.kept), self.images_path)
         self._remove_stale()
 
-    def _write_array(self, path: Path, array: np.ndarray) -> None:
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(temporary, "wb") as handle:
-                np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
-
-    def _write_bytes(self, path: Path, data: bytes) -> None:
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        try:
-            temporary.write_bytes(data)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+    @staticmethod
+    def _write_array(path: Path, array: np.ndarray) -> None:
+        with atomic_output(path) as temporary, open(temporary, "wb") as handle:
+            np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
 
     def _remove_stale(self) -> None:
         for path in self.root.glob(f"{self.identity}-*"):

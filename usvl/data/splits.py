@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from usvl.data.manifest import SPLITS, is_empty, normalise_manifest, object_column
+from usvl.utils.atomic import write_csv_atomic
 
 log = logging.getLogger(__name__)
 
@@ -202,12 +202,7 @@ def write_split_file(manifest: pd.DataFrame, path: str | Path) -> Path:
     duplicated = sorted(set(table.loc[table["name"].duplicated(), "name"]))
     if duplicated:
         raise ValueError(f"Cannot write split file {path}: names are not unique: {duplicated[:20]}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table.to_csv(temporary, index=False)
-    temporary.replace(path)  # atomic: a concurrent reader (another rank) sees the old file or the whole new one
-    return path
+    return write_csv_atomic(path, table)  # a concurrent reader (another rank) sees the old file or the whole new one
 
 
 def _load_split_table(path: Path) -> pd.DataFrame:

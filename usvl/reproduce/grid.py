@@ -21,10 +21,12 @@ from typing import Any
 
 import yaml
 
+from usvl.utils.errors import UserError
+
 TASKS = ("classification", "segmentation")
 
 
-class GridError(ValueError):
+class GridError(UserError, ValueError):
     """A grid file is malformed; the message names the file and the entry."""
 
 

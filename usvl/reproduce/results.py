@@ -11,6 +11,7 @@ from usvl.reproduce.aggregate import markdown_table, summarise, summary_frame
 from usvl.reproduce.grid import Grid
 from usvl.reproduce.plots import write_plots
 from usvl.reproduce.runner import PlannedRun
+from usvl.utils.atomic import write_csv_atomic, write_text_atomic
 
 
 def aggregate(grid: Grid, runs: Sequence[PlannedRun], resamples: int = 1000) -> list[Path]:
@@ -25,13 +26,13 @@ def aggregate(grid: Grid, runs: Sequence[PlannedRun], resamples: int = 1000) -> 
     shown = grid_file.relative_to(Path.cwd()) if grid_file.is_relative_to(Path.cwd()) else grid_file
     command = f"usvl reproduce --grid {shown}"
     table_md = grid.output / "table.md"
-    table_md.write_text(markdown_table(grid, summaries, command), encoding="utf-8")
+    write_text_atomic(table_md, markdown_table(grid, summaries, command))
     table_csv = grid.output / "table.csv"
-    summary_frame(summaries).to_csv(table_csv, index=False)
+    write_csv_atomic(table_csv, summary_frame(summaries))
     per_run = [{"block": r.block, "dataset": r.dataset, "method": r.method, "task": r.task, "fraction": r.fraction,
                 "seed": r.seed, "run": str(r.directory.relative_to(grid.output)) if r.directory.is_relative_to(
                     grid.output) else str(r.directory), "trainable_params": r.trainable_params,
                 "fit_seconds": r.fit_seconds, **r.metrics} for s in summaries for r in s.records]
     runs_csv = grid.output / "runs.csv"
-    pd.DataFrame(per_run).to_csv(runs_csv, index=False)
+    write_csv_atomic(runs_csv, pd.DataFrame(per_run))
     return [table_md, table_csv, runs_csv, *write_plots(grid, summaries)]

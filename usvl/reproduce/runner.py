@@ -23,7 +23,7 @@ import yaml
 
 from usvl.reproduce.grid import Cell, Grid
 from usvl.reproduce.resolve import config_hash, resolve_config
-from usvl.utils.report import write_json_atomic
+from usvl.utils.atomic import write_json_atomic, write_text_atomic
 from usvl.utils.threads import available_cores
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ class GridRunner:
             self.say(f"  an interrupted attempt of {run.cell.label} was moved to {moved}")
         run.directory.mkdir(parents=True)
         command = fit_command(run)
-        (run.directory / "command.txt").write_text(" ".join(command[1:]) + "\n", encoding="utf-8")
+        write_text_atomic(run.directory / "command.txt", " ".join(command[1:]) + "\n")
         handle = (run.directory / "train.log").open("w", encoding="utf-8")
         environment = {**os.environ, "USVL_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1"}
         self.code[run.directory] = code_version()

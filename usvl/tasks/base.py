@@ -23,6 +23,7 @@ from usvl.tasks.gradient_check import parameters_without_gradient, unused_parame
 from usvl.tasks.init_from import resolve_checkpoint, select_weights, transferable_keys
 from usvl.tasks.optim import prefer_fused
 from usvl.tasks.schedules import SizedByTrainer
+from usvl.utils.errors import UserError
 from usvl.utils.rng import collect_rng_states, restore_rng_states
 
 log = logging.getLogger(__name__)
@@ -386,7 +387,7 @@ TRAINING_ONLY_SETTINGS = ("dropout", "zero_init")
 """Adapter settings that change training only, not the weights' meaning; checkpoints may differ in them."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """A checkpoint was trained with another encoder or adapter than the model it is loaded into."""
 
 
@@ -416,7 +417,7 @@ def _structural(adapter: str) -> str:
     return re.sub(rf"(, )?\b({pattern})=[^,)]*", "", adapter).replace("(, ", "(")
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or infinite; training stops instead of saving diverged weights."""
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from usvl.utils.errors import UserError
+
 log = logging.getLogger(__name__)
 
 ENCODER_PREFIX = "encoder."
@@ -28,7 +30,7 @@ LISTED = 8
 """Keys listed per problem in an error message."""
 
 
-class InitFromError(ValueError):
+class InitFromError(UserError, ValueError):
     """A stage-1 checkpoint does not fit the model it should initialise; the message names both sides."""
 
 

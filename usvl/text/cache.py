@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +26,7 @@ from lightning.pytorch.callbacks import Callback
 from usvl.paths import cache_dir
 from usvl.text.prompts import load_descriptions, load_refinements
 from usvl.text.refine_cache import cached_refinement, load_refiner_spec
+from usvl.utils.atomic import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -145,16 +145,8 @@ def _invalid(record: Any, key: str, texts: list[list[str]]) -> str | None:
 
 def write_cache(path: Path, record: dict[str, Any]) -> None:
     """Save ``record`` to ``path`` atomically: a temporary file beside it, flushed to disk, then renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(record, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    with atomic_output(path) as temporary:
+        torch.save(record, temporary)
 
 
 class TextEmbeddingCache(Callback):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +18,7 @@ import yaml
 
 from usvl.text.guard import check_refinement
 from usvl.text.refiners import Failure, OpenAIRefiner, Refiner, StaticRefiner, TransformersRefiner
+from usvl.utils.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -169,20 +168,11 @@ def write_jsonl_new(path: str | Path, records: list[dict[str, Any]]) -> Path:
     path = Path(path)
     if path.exists():
         raise exists_error(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-            stream.flush()
-            os.fsync(stream.fileno())
-        try:
-            os.link(temporary, path)
-        except FileExistsError as error:
-            raise exists_error(path) from error
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-    return path
+        return write_text_atomic(path, text, exclusive=True)
+    except FileExistsError as error:
+        raise exists_error(path) from error
 
 
 def refine_file(input_path: str | Path, output_path: str | Path, refiner: Refiner,

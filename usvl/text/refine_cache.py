@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from filelock import FileLock
 
-from usvl.text.prompts import resolve_config_path
+from usvl.text.prompts import load_refinements, resolve_config_path
 from usvl.text.refine import DEFAULT_INSTRUCTION, build_refiner, load_texts, refine_texts, write_jsonl_new
 
 log = logging.getLogger(__name__)
@@ -101,18 +102,41 @@ def cached_refinement(descriptions: str | Path, spec: dict[str, Any], folder: Pa
     prompt_file = options.pop("prompt_file", None)
     instruction = Path(prompt_file).read_text(encoding="utf-8").strip() if prompt_file else DEFAULT_INSTRUCTION
     items = load_texts(descriptions)
-    key = refinement_key(spec, instruction, [item["text"] for item in items])
+    sources = [item["text"] for item in items]
+    key = refinement_key(spec, instruction, sources)
     path = folder / f"{key}.jsonl"
-    if path.is_file():
+    if refinement_problem(path, sources) is None:
         log.info("Refinement cache hit: %s (%d sentences; the %s refiner is not loaded)", path, len(items), name)
         return path
-    started = time.perf_counter()
-    with preserved_random_state():  # a run that refines must train exactly like one that reads the cache
-        records, summary = refine_texts(items, build_refiner(name, **options), instruction)
-    try:
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / f".{key}.lock")):  # two runs needing one refinement: one refines, one waits
+        problem = refinement_problem(path, sources)
+        if problem is None:
+            log.info("Refinement cache hit: %s, written meanwhile by another process", path)
+            return path
+        if path.exists():
+            log.warning("Refinement cache %s is %s; refining again and replacing it", path, problem)
+            path.unlink()
+        started = time.perf_counter()
+        with preserved_random_state():  # a run that refines must train exactly like one that reads the cache
+            records, summary = refine_texts(items, build_refiner(name, **options), instruction)
         write_jsonl_new(path, records)
-    except FileExistsError:
-        log.info("Refinement cache: %s was written meanwhile by another process; using it", path)
-        return path
     log.info("Refinement cache miss: %s in %.1f s; saved %s", summary.format(), time.perf_counter() - started, path)
     return path
+
+
+def refinement_problem(path: Path, sources: list[str]) -> str | None:
+    """What is wrong with the cached refinement ``path`` of ``sources``, or ``None`` when it is usable.
+
+    Returns:
+        ``"absent"``, ``"unreadable (<why>)"`` (not JSONL of ``source``/``refined`` strings, e.g. truncated
+        mid-line) or ``"missing N of M sentences"``; ``None`` when every source sentence has a refinement.
+    """
+    if not path.is_file():
+        return "absent"
+    try:
+        mapping, _ = load_refinements(path)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        return f"unreadable ({error})"
+    missing = [text for text in sources if text.strip() not in mapping]
+    return f"missing {len(missing)} of {len(sources)} sentences" if missing else None

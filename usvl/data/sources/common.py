@@ -20,6 +20,7 @@ from PIL import Image
 
 from usvl.data.manifest import DatasetNotFoundError
 from usvl.paths import cache_dir
+from usvl.utils.atomic import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +167,8 @@ def derived_dir(source: str, *key: Any) -> Path:
 
 def save_png_atomic(array: np.ndarray, path: Path) -> Path:
     """Write a ``uint8`` array as PNG through a temporary file, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(temporary)
-    temporary.replace(path)
+    with atomic_output(path) as temporary:
+        Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(temporary, format="PNG")
     return path
 
 

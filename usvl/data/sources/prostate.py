@@ -39,6 +39,7 @@ from PIL import Image
 from usvl.data.datamodule import UltrasoundDataModule
 from usvl.data.manifest import make_manifest
 from usvl.data.sources.common import derived_dir, file_key, not_found, save_png_atomic
+from usvl.utils.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +165,7 @@ def slice_volume(scan: Path, annotation: Path | None, downsample: int) -> list[t
             mask = save_png_atomic(_slice_2d(labels, z, downsample, nearest=True),
                                    folder / f"{stem}_{z:03d}_mask.png")
         slices.append((str(image), str(mask) if mask is not None else None))
-    temporary = index_file.with_suffix(".tmp")
-    temporary.write_text(json.dumps(slices, ensure_ascii=False), encoding="utf-8")
-    temporary.replace(index_file)
+    write_text_atomic(index_file, json.dumps(slices, ensure_ascii=False))
     return slices
 
 

@@ -18,6 +18,7 @@ from usvl.data.sources.folder import read_folder_manifest
 from usvl.data.sources.nextgen import nextgen_datasets, read_nextgen_manifest
 from usvl.data.sources.prostate import read_prostate_manifest
 from usvl.data.sources.tn3k import read_tn3k_manifest
+from usvl.utils.errors import UserError
 
 SOURCES: dict[str, Callable[..., pd.DataFrame]] = {
     "busi": read_busi_manifest,
@@ -35,7 +36,7 @@ OPTION_CHOICES: dict[str, dict[str, Callable[[Path], list[str]]]] = {
 """Per source and required option: what lists the values found under a root, for the missing-option error."""
 
 
-class MissingOptionError(TypeError):
+class MissingOptionError(UserError, TypeError):
     """A source's reader needs an option that was not given; the message names it (and the values found)."""
 
 

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from usvl.utils.errors import UserError
 
-class MissingWeightsError(RuntimeError):
+
+class MissingWeightsError(UserError, RuntimeError):
     """Raised when pretrained weights cannot be found offline; the message says how to get them."""
 
 
-class WeightsChecksumError(RuntimeError):
+class WeightsChecksumError(UserError, RuntimeError):
     """Raised when a weights file does not match its pinned sha256."""
 
 
