@@ -23,7 +23,7 @@ batch-norm statistics included), the adapter, the input (the digest of the split
 is stricter than the decoded-image cache's file stamps and exists without that cache; image size, normalisation,
 memory format), the view, the precision, the device type and the torch version. Files are
 ``<identity>-<key>.pt``, where ``identity`` leaves out the weights and the pixels, so writing an entry deletes the
-stale ones of the same split and setting. They are written atomically (:func:`usvl.text.cache.write_cache`: a
+stale ones of the same split and setting. They are written atomically (:func:`usvl.utils.atomic.atomic_output`: a
 temporary file beside the target, flushed, renamed over it) and checked when read (format, key, names, shape, floating
 dtype, finite values); a corrupt or foreign file is rebuilt with a warning.
 """
@@ -43,7 +43,7 @@ from torch import nn
 
 from usvl.paths import cache_dir
 from usvl.tasks.base import describe_adapter
-from usvl.text.cache import write_cache
+from usvl.utils.atomic import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,8 @@ class FeatureTable:
         record = {"format": FORMAT, "key": self.key, "names": self.names, "features": self.features.detach().cpu(),
                   "created": datetime.now(UTC).isoformat(timespec="seconds"), **self.record}
         try:
-            write_cache(self.path, record)
+            with atomic_output(self.path) as temporary:
+                torch.save(record, temporary)
         except OSError as error:
             log.warning("Could not write the frozen-feature cache %s: %s", self.path, error)
             return
