@@ -48,3 +48,4 @@ def embedded_encoder_factory():
 
 
 from reproduce_grid import finished_grid  # noqa: E402,F401  (session fixture: a tiny reproduce grid, run once)
+from smoke_runs import breast_seg_fit, thyroid_cls_fit  # noqa: E402,F401  (session fixtures: smoke fits, run once)
