@@ -109,6 +109,7 @@ def test_test_and_predict_from_checkpoint(smoke_run, tmp_path):
 
 def test_data_generate_command(tmp_path, capsys):
     assert main(["data", "generate", "--preset", "thyroid", "--profile", "tiny", "--root", str(tmp_path / "d"),
-                 "--workers", "1"]) == 0
+                 "--workers", "1", "--size", "64"]) == 0
     assert (tmp_path / "d" / "generator.json").is_file()
+    assert json.loads((tmp_path / "d" / "generator.json").read_text())["size"] == 64
     assert str(tmp_path / "d") in capsys.readouterr().out
