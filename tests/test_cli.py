@@ -38,12 +38,10 @@ def test_every_shipped_config_instantiates(config):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, usvl_cache):
-    root = tmp_path_factory.mktemp("runs")
-    args = ["fit", *SMOKE, "--trainer.logger.init_args.save_dir", str(root)]
-    first = run_lightning(args)
-    run_lightning(args)
-    return root / "thyroid_cls", first.model
+def smoke_run(thyroid_cls_fit):
+    """The session's thyroid smoke fit (version_0), then a second run of the same command (version_1)."""
+    run_lightning(["fit", *thyroid_cls_fit.args])
+    return thyroid_cls_fit.save_dir / "thyroid_cls", thyroid_cls_fit.model
 
 
 def test_fit_keeps_frozen_batchnorm_statistics(smoke_run):
@@ -111,6 +109,7 @@ def test_test_and_predict_from_checkpoint(smoke_run, tmp_path):
 
 def test_data_generate_command(tmp_path, capsys):
     assert main(["data", "generate", "--preset", "thyroid", "--profile", "tiny", "--root", str(tmp_path / "d"),
-                 "--workers", "1"]) == 0
+                 "--workers", "1", "--size", "64"]) == 0
     assert (tmp_path / "d" / "generator.json").is_file()
+    assert json.loads((tmp_path / "d" / "generator.json").read_text())["size"] == 64
     assert str(tmp_path / "d") in capsys.readouterr().out

@@ -14,7 +14,6 @@ import pytest
 import torch
 from layouts import ManifestModule
 from PIL import Image
-from shipped_configs import smoke
 
 from usvl.data.bad_files import BadFilesError
 from usvl.data.check import check_manifest, check_source
@@ -234,13 +233,10 @@ def test_duplicates_across_given_splits_are_still_warned_about(tmp_path, caplog)
     assert module.duplicate_patients.empty
 
 
-def test_usvl_test_on_an_external_test_only_folder_uses_the_checkpoint_classes(tmp_path, usvl_cache):
-    from usvl.cli import main, run_lightning
+def test_usvl_test_on_an_external_test_only_folder_uses_the_checkpoint_classes(tmp_path, thyroid_cls_fit):
+    from usvl.cli import main
 
-    runs = tmp_path / "runs"
-    run_lightning(["fit", *smoke("thyroid_cls"), "--trainer.logger.init_args.save_dir", str(runs)])
-    run = next(runs.glob("*/version_0"))
-    checkpoint = next(run.rglob("*.ckpt"))
+    run, checkpoint = thyroid_cls_fit.run, thyroid_cls_fit.checkpoint  # the session's smoke fit
     assert torch.load(checkpoint, map_location="cpu", weights_only=False)["usvl"]["class_names"] == [
         "benign", "malignant"]
     external, _ = layouts.write_folder(tmp_path / "external", count=12, with_splits=False)

@@ -1,11 +1,11 @@
 """``usvl predict`` on a folder of new images of mixed size and format, with neither labels nor masks.
 
-A smoke fit of ``configs/breast_seg.yaml`` and of ``configs/thyroid_cls.yaml``, then ``usvl predict --config
-<run>/config.yaml --ckpt_path <ckpt> --data usvl.data.FolderDataModule --data.root <folder>``: one mask at the
-image's original size (segmentation), one overlay and one CSV row per image; nothing overwritten; predictions
-streamed (no images or predictions kept in memory). The classification fit also stores its calibration (temperature
-and threshold fitted on validation) in the best checkpoint, its test reports the calibration metrics, and predict
-writes calibrated probabilities and the class at the stored threshold.
+The session's smoke fits of ``configs/breast_seg.yaml`` and ``configs/thyroid_cls.yaml`` (tests/smoke_runs.py), then
+``usvl predict --config <run>/config.yaml --ckpt_path <ckpt> --data usvl.data.FolderDataModule --data.root
+<folder>``: one mask at the image's original size (segmentation), one overlay and one CSV row per image; nothing
+overwritten; predictions streamed (no images or predictions kept in memory). The classification fit also stores its
+calibration (temperature and threshold fitted on validation) in the best checkpoint, its test reports the calibration
+metrics, and predict writes calibrated probabilities and the class at the stored threshold.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from shipped_configs import smoke
 
 from usvl.callbacks import (
     PredictionWriter,
@@ -52,21 +51,16 @@ def new_images(tmp_path_factory) -> Path:
     return root
 
 
-def fit(experiment: str, root: Path) -> tuple[Path, Path]:
-    """Smoke-fit ``configs/<experiment>.yaml``; returns its run config and checkpoint."""
-    run_lightning(["fit", *smoke(experiment), "--trainer.logger.init_args.save_dir", str(root)])
-    run = root / experiment / "version_0"
-    return run / "config.yaml", next((run / "checkpoints").glob("*.ckpt"))
+@pytest.fixture(scope="module")
+def seg_run(breast_seg_fit):
+    """The session's smoke fit of ``configs/breast_seg.yaml``: its run config and best checkpoint."""
+    return breast_seg_fit.config, breast_seg_fit.checkpoint
 
 
 @pytest.fixture(scope="module")
-def seg_run(tmp_path_factory, usvl_cache):
-    return fit("breast_seg", tmp_path_factory.mktemp("runs"))
-
-
-@pytest.fixture(scope="module")
-def cls_run(tmp_path_factory, usvl_cache):
-    return fit("thyroid_cls", tmp_path_factory.mktemp("runs"))
+def cls_run(thyroid_cls_fit):
+    """The session's smoke fit of ``configs/thyroid_cls.yaml``: its run config and best checkpoint."""
+    return thyroid_cls_fit.config, thyroid_cls_fit.checkpoint
 
 
 def predict(run: tuple[Path, Path], folder: Path, out: Path):

@@ -146,10 +146,8 @@ def test_task_trains_only_what_the_head_uses(embedded_encoder_factory):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, usvl_cache):
-    root = tmp_path_factory.mktemp("runs")
-    cli = run_lightning(["fit", *SMOKE, "--trainer.logger.init_args.save_dir", str(root)])
-    return root / "breast_seg" / "version_0", cli.model
+def smoke_run(breast_seg_fit):
+    return breast_seg_fit.run, breast_seg_fit.model
 
 
 def test_fit_writes_segmentation_test_metrics(smoke_run):
