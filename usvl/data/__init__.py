@@ -1,10 +1,11 @@
 """Data modules: one shared machinery, one thin module per dataset source.
 
 Layers, lowest first: :mod:`~usvl.data.manifest` (the manifest contract) and :mod:`~usvl.data.decode` (the decoding
-rule) <- splits, duplicates, dataset, decode_cache, transforms (augmentation) <- datamodule <- sources (one module
-per layout, helpers in ``sources.common``) <- ``sources.registry`` <- check, cli.
+rule) <- splits, duplicates, dataset, decode_cache, transforms and acquisition_augment (augmentation) <- datamodule
+<- sources (one module per layout, helpers in ``sources.common``) <- ``sources.registry`` <- check, cli.
 """
 
+from usvl.data.acquisition_augment import AcquisitionAugment
 from usvl.data.datamodule import BadFilesError, UltrasoundDataModule
 from usvl.data.manifest import DatasetNotFoundError
 from usvl.data.sources import (
@@ -19,6 +20,6 @@ from usvl.data.sources import (
 )
 from usvl.data.transforms import BatchAugment
 
-__all__ = ["BUSIDataModule", "BadFilesError", "BatchAugment", "DDTIDataModule", "DatasetNotFoundError",
-           "FolderDataModule", "NextGenDataModule", "ProstateDataModule", "SyntheticDataModule", "TN3KDataModule",
-           "UltrasoundDataModule", "read_source"]
+__all__ = ["AcquisitionAugment", "BUSIDataModule", "BadFilesError", "BatchAugment", "DDTIDataModule",
+           "DatasetNotFoundError", "FolderDataModule", "NextGenDataModule", "ProstateDataModule", "SyntheticDataModule",
+           "TN3KDataModule", "UltrasoundDataModule", "read_source"]
