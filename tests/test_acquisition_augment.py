@@ -87,10 +87,10 @@ def test_field_masks_black_out_image_and_mask(batch):
 def test_black_outside_the_field_stays_black(batch):
     image, _ = batch
     framed = image.clone()
-    framed[..., :6] = 0
-    framed[..., -6:] = 0
+    framed[..., :8] = 0
+    framed[..., -8:] = 0
     out, _ = only("p_gain", gain=(0.3, 0.3))(framed)
-    assert out[..., :4].max() == 0 and out[..., -4:].max() == 0 and out[..., 6:-6].min() > 0
+    assert out[..., :5].max() == 0 and out[..., -5:].max() == 0 and out[..., 8:-8].min() > 0
 
 
 def test_seeded_reproducibility(batch):

@@ -8,12 +8,12 @@ an acoustic shadow subtracts a band below some depth. A point-spread function bl
 (columns) by different amounts. The geometric transforms (depth crop and zoom about the probe face, sector or
 linear field-of-view masks) move the mask with the image; the intensity transforms leave the mask alone.
 
-Black areas (pixels whose 5 x 5 neighbourhood is black) stay black under the intensity transforms: outside a sector
-or beside a linear field nothing was imaged, and black tissue lay below the display floor, where a few dB more gain
-or range would still show (almost) nothing; isolated black speckle pixels change with their neighbours. Every
-parameter is drawn per image from the global torch generator on the batch's device, like
-:class:`~usvl.data.transforms.BatchAugment`, so runs are reproducible under ``seed_everything`` whatever the number
-of loader workers.
+Black areas (4 x 4 blocks without a lit pixel, faded over a few pixels) stay black under the intensity
+transforms: outside a sector or beside a linear field nothing was imaged, and black tissue lay below the display
+floor, where a few dB more gain or range would still show (almost) nothing; isolated black speckle pixels change
+with their neighbours. Every parameter is drawn per image from the global torch generator on the batch's device,
+like :class:`~usvl.data.transforms.BatchAugment`, so runs are reproducible under ``seed_everything`` whatever the
+number of loader workers.
 
 The depth attenuation, Gaussian shadow and haze transforms of the ``usaugment`` package (MIT; Tupper et al.,
 "Revisiting Data Augmentation for Ultrasound Images", arXiv 2501.13193, after Ostvik et al. 2021 and Smistad et al.
@@ -158,7 +158,9 @@ class AcquisitionAugment(nn.Module):
         batch, _, height, width = x.shape
         device = x.device
         view = (batch, 1, 1, 1)
-        keep = F.max_pool2d(x.amax(dim=1, keepdim=True), 5, stride=1, padding=2) > 0
+        original = x
+        lit = (F.max_pool2d(x.amax(dim=1, keepdim=True), 4, stride=4, ceil_mode=True) > 0).float()
+        keep = F.interpolate(lit, size=(height, width), mode="bilinear", align_corners=False)
         rows = torch.linspace(0.0, 1.0, height, device=device).view(1, 1, height, 1)
         cols = torch.linspace(0.0, 1.0, width, device=device).view(1, 1, 1, width)
         knots = (torch.rand(batch, 1, self.tgc_knots, device=device) * 2 - 1) * self.tgc
@@ -167,7 +169,7 @@ class AcquisitionAugment(nn.Module):
         x = x + (_uniform(batch, self.gain, device) * self._chosen(batch, self.p_gain, device)).view(view)
         scale = 1.0 / _uniform(batch, self.dynamic_range, device)
         scale = torch.where(self._chosen(batch, self.p_dynamic_range, device) > 0, scale, torch.ones_like(scale))
-        weight = keep.float()
+        weight = (original > 0).float()
         level = (x * weight).sum(dim=(1, 2, 3), keepdim=True) / weight.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1)
         x = (x - level) * scale.view(view) + level
         speckle = self._chosen(batch, self.p_speckle, device).nonzero()[:, 0]
@@ -184,7 +186,7 @@ class AcquisitionAugment(nn.Module):
         haze = self._chosen(batch, self.p_haze, device).nonzero()[:, 0]
         if len(haze):
             x = x.index_add(0, haze, self._haze(len(haze), rows, cols, height, width))
-        return torch.where(keep, x, torch.zeros_like(x)).clamp(0.0, 1.0)
+        return (original + (x - original) * keep).clamp(0.0, 1.0)
 
     def _speckle(self, count: int, height: int, width: int, device: torch.device) -> torch.Tensor:
         """Log of a Rayleigh amplitude field with anisotropic grain, zero-mean, in display units, ``[N, 1, H, W]``.
