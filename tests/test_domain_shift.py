@@ -33,13 +33,13 @@ def test_statistics_of_simple_images():
 
 
 def test_in_domain_fraction_is_small_and_a_shift_raises_it():
-    box = fit_domain_range(image_statistics(rendered(range(60))))
-    assert box.images == 60 and 0.0 <= box.train_outside <= 0.15
-    in_domain = float(box.outside(image_statistics(rendered(range(100, 130)))).double().mean())
-    assert in_domain <= 0.2
+    box = fit_domain_range(image_statistics(rendered(range(100))))
+    assert box.images == 100 and 0.0 <= box.train_outside <= 0.15
+    in_domain = float(box.outside(image_statistics(rendered(range(1000, 1030)))).double().mean())
+    assert in_domain <= 0.3  # 30 images against a box from 100: a few percent in expectation, noisy at this size
     for name in ("high_gain", "deep", "compounded"):
-        shifted = float(box.outside(image_statistics(rendered(range(100, 130), name))).double().mean())
-        assert shifted >= in_domain + 0.3, name
+        shifted = float(box.outside(image_statistics(rendered(range(1000, 1030), name))).double().mean())
+        assert shifted >= in_domain + 0.4, name
 
 
 def test_range_record_round_trip_and_checks():
