@@ -125,3 +125,14 @@ def test_data_module_tests_on_the_shifted_twin(tmp_path):
         SyntheticDataModule(preset="thyroid", test_acquisition="deep", test_split="all")
     with pytest.raises(KeyError, match="available"):
         SyntheticDataModule(preset="thyroid", test_acquisition="nope")
+
+
+def test_data_generate_writes_a_shifted_test_set(tmp_path, capsys):
+    from usvl.data.cli import data_main
+
+    root = tmp_path / "external"
+    assert data_main(["generate", "--preset", "thyroid", "--profile", "tiny", "--acquisition", "high_gain",
+                      "--splits", "test", "--root", str(root), "--size", "48", "--workers", "1"]) == 0
+    manifest = json.loads((root / "generator.json").read_text())
+    assert manifest["splits"] == ["test"] and manifest["acquisition"]["name"] == "high_gain"
+    assert len(list((root / "all" / "images").glob("*.png"))) == 8
