@@ -106,6 +106,13 @@ def test_seeded_reproducibility(batch):
     assert not torch.equal(first[0], third[0])
 
 
+def test_three_channel_images(batch):
+    image, mask = batch
+    torch.manual_seed(0)
+    out, moved = AcquisitionAugment(**{name: 1.0 for name in ALL_OFF})(image.repeat(1, 3, 1, 1), mask)
+    assert out.shape == (8, 3, 64, 64) and moved.shape == mask.shape
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="probabilities"):
         AcquisitionAugment(p_gain=1.5)

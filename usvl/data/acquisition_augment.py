@@ -155,7 +155,7 @@ class AcquisitionAugment(nn.Module):
 
     def intensity(self, x: torch.Tensor) -> torch.Tensor:
         """The image-only transforms on display-domain images ``[B, C, H, W]`` in [0, 1]."""
-        batch, _, height, width = x.shape
+        batch, channels, height, width = x.shape
         device = x.device
         view = (batch, 1, 1, 1)
         original = x
@@ -174,7 +174,7 @@ class AcquisitionAugment(nn.Module):
         x = (x - level) * scale.view(view) + level
         speckle = self._chosen(batch, self.p_speckle, device).nonzero()[:, 0]
         if len(speckle):
-            x = x.index_add(0, speckle, self._speckle(len(speckle), height, width, device))
+            x = x.index_add(0, speckle, self._speckle(len(speckle), height, width, device).expand(-1, channels, -1, -1))
         blur = self._chosen(batch, self.p_blur, device).nonzero()[:, 0]
         if len(blur):
             sigma_rows = _uniform(len(blur), self.blur_axial, device)
@@ -182,10 +182,10 @@ class AcquisitionAugment(nn.Module):
             x = x.index_copy(0, blur, separable_blur(x[blur], sigma_rows, sigma_cols))
         shadow = self._chosen(batch, self.p_shadow, device).nonzero()[:, 0]
         if len(shadow):
-            x = x.index_add(0, shadow, -self._shadow(len(shadow), rows, cols))
+            x = x.index_add(0, shadow, -self._shadow(len(shadow), rows, cols).expand(-1, channels, -1, -1))
         haze = self._chosen(batch, self.p_haze, device).nonzero()[:, 0]
         if len(haze):
-            x = x.index_add(0, haze, self._haze(len(haze), rows, cols, height, width))
+            x = x.index_add(0, haze, self._haze(len(haze), rows, cols, height, width).expand(-1, channels, -1, -1))
         return (original + (x - original) * keep).clamp(0.0, 1.0)
 
     def _speckle(self, count: int, height: int, width: int, device: torch.device) -> torch.Tensor:
