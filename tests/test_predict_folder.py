@@ -144,7 +144,7 @@ def test_fit_stores_the_calibration_in_the_best_checkpoint_and_the_test_reports_
     assert report["calibration"] == stored
     names = {"accuracy", "auroc", "f1", "sensitivity", "specificity", "loss", "ece", "brier", "ece_uncalibrated",
              "brier_uncalibrated", "nll_calibrated", "accuracy_at_threshold", "sensitivity_at_threshold",
-             "specificity_at_threshold"}
+             "specificity_at_threshold", "ood_fraction"}
     assert set(report["metrics"]) == {f"test/{name}" for name in names}
     assert Image.open(config.parent / "reliability.png").size[0] > 300
 

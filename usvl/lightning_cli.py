@@ -22,6 +22,7 @@ import usvl.models.heads
 import usvl.tasks
 import usvl.text  # noqa: F401  (short class names in configs)
 from usvl.callbacks import EpochSummary, TestCaseWriter
+from usvl.domain_monitor import DomainShiftMonitor
 from usvl.utils.atomic import to_builtin, write_json_unique
 from usvl.utils.report import format_metrics_table, peak_memory_mb
 from usvl.utils.resume import resume_version
@@ -94,9 +95,11 @@ class USVLCLI(LightningCLI):
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        """Build the trainer with a :class:`~usvl.callbacks.TestCaseWriter` (per-image test results).
+        """Build the trainer with a test-case writer and a domain-shift monitor.
 
-        Without a terminal, with one summary line per epoch instead of a progress bar.
+        :class:`~usvl.callbacks.TestCaseWriter` writes the per-image test results;
+        :class:`~usvl.domain_monitor.DomainShiftMonitor` stores the training-domain statistics and reports
+        ``test/ood_fraction``. Without a terminal, with one summary line per epoch instead of a progress bar.
         """
         config = self._get(self.config_init, "trainer", default={}) or {}
         overrides = console_trainer_kwargs(config)
@@ -104,6 +107,8 @@ class USVLCLI(LightningCLI):
         callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
         if not any(isinstance(callback, TestCaseWriter) for callback in callbacks):
             callbacks.append(TestCaseWriter())
+        if not any(isinstance(callback, DomainShiftMonitor) for callback in callbacks):
+            callbacks.append(DomainShiftMonitor())
         return super().instantiate_trainer(**{**overrides, "callbacks": callbacks, **kwargs})
 
     def before_fit(self) -> None:

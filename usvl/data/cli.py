@@ -6,8 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from usvl.data.manifest import SPLITS
 from usvl.data.sources.synthetic import ensure_synthetic, synthetic_root
-from usvl.data.synthetic import PRESETS, PROFILES
+from usvl.data.synthetic import ACQUISITIONS, PRESETS, PROFILES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--size", type=int, default=256, help="Image side length in pixels.")
     generate.add_argument("--workers", type=int, default=None, help="Processes (default: available cores).")
+    generate.add_argument("--acquisition", default=None, choices=sorted(ACQUISITIONS),
+                          help="Acquisition profile: the same scenes imaged with other probe/receiver settings.")
+    generate.add_argument("--splits", default=None, nargs="+", choices=list(SPLITS),
+                          help="Write only these splits (same names and images as in the full dataset).")
 
     check = commands.add_parser(
         "check", help="Read a dataset source and report counts, sizes, mask statistics and every problem.",
@@ -74,9 +79,10 @@ def data_main(argv: Sequence[str]) -> int:
     """Run ``usvl data``; returns the exit code."""
     options = build_parser().parse_args(list(argv))
     if options.command == "generate":
-        root = options.root or synthetic_root(options.preset, options.profile, options.seed, options.size)
+        root = options.root or synthetic_root(options.preset, options.profile, options.seed, options.size,
+                                              options.acquisition, options.splits)
         path = ensure_synthetic(options.preset, options.profile, options.seed, options.size, str(root),
-                                options.workers)
+                                options.workers, acquisition=options.acquisition, splits=options.splits)
         print(path)
         return 0
     if options.command == "check":

@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import pandas as pd
 from torch.utils.data import DataLoader
 
+from usvl.data.acquisition_augment import AcquisitionAugment
 from usvl.data.bad_files import SKIPPED_FILES, BadFile, bad_files_error, write_skipped_files
 from usvl.data.dataset import BAD_FILE_POLICIES, StreamingImageDataset, UltrasoundDataset
 from usvl.data.decode import default_threads
@@ -85,6 +86,9 @@ class UltrasoundDataModule(pl.LightningDataModule):
         eval_batch_size: Batch size for validation, test and predict (defaults to ``batch_size``).
         num_workers: DataLoader workers (images are decoded into memory once, so 0 is usually fastest).
         augment: Batched training augmentation, applied after the batch reaches the device.
+        acquisition_augment: Batched acquisition augmentation (gain, TGC, dynamic range, speckle, blur, shadows,
+            depth zoom, field-of-view masks; :class:`~usvl.data.acquisition_augment.AcquisitionAugment`) of
+            training batches, applied before ``augment``. None (the default): off, batches are as without it.
         predict_split: Split used by ``predict``.
         split_fractions: Train, val and test fractions for images without an official split (non-negative, summing
             to 1). When only some splits are official, the rest is shared among the missing ones in these
@@ -131,6 +135,7 @@ class UltrasoundDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         augment: BatchAugment | None = None,
+        acquisition_augment: AcquisitionAugment | None = None,
         predict_split: Literal["train", "val", "test"] = "test",
         split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
         split_seed: int = 0,
@@ -157,6 +162,7 @@ class UltrasoundDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.augment = augment
+        self.acquisition_augment = acquisition_augment
         self.predict_split = predict_split
         self.split_fractions = check_fractions(split_fractions)
         self.split_seed = split_seed
@@ -540,8 +546,13 @@ class UltrasoundDataModule(pl.LightningDataModule):
         return self._dataloader(self.predict_dataset, shuffle=False)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        """Apply the batched augmentation to training batches only."""
-        if self.augment is not None and self.trainer is not None and self.trainer.training:
+        """Apply the batched augmentations (acquisition, then ``augment``) to training batches only."""
+        training = self.trainer is not None and self.trainer.training
+        if self.acquisition_augment is not None and training:
+            batch["image"], mask = self.acquisition_augment(batch["image"], batch.get("mask"))
+            if mask is not None:
+                batch["mask"] = mask
+        if self.augment is not None and training:
             batch["image"], mask = self.augment(batch["image"], batch.get("mask"))
             if mask is not None:
                 batch["mask"] = mask

@@ -12,6 +12,7 @@ from pathlib import Path
 from usvl.reproduce.grid import GridError, load_grid
 from usvl.reproduce.runner import DONE_FILE, GridRunner, plan
 from usvl.reproduce.slurm import slurm_script
+from usvl.reproduce.test_sets import plan_tests, run_tests
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="usvl reproduce",
         description="Run an experiment grid (configs/reproduce/*.yaml: datasets x methods x seeds x few-shot "
                     "fractions) and aggregate it into <output>/table.md, table.csv and plots. Finished runs are "
-                    "recognised by the hash of their resolved config and skipped, so an interrupted grid resumes.",
+                    "recognised by the hash of their resolved config and skipped, so an interrupted grid resumes. "
+                    "A grid with test_sets (configs/shift/*.yaml) also tests every run on each test set and writes "
+                    "<output>/shift_table.md and shift_table.csv.",
     )
     parser.add_argument("--grid", required=True, help="grid file, e.g. configs/reproduce/quick.yaml")
     parser.add_argument("--output", help="results folder (default: the grid file's output, e.g. results/quick)")
@@ -67,8 +70,12 @@ def reproduce_main(argv: Sequence[str]) -> int:
         return 2
     if options.index is not None:
         runs = [run for run in runs if run.cell.index == options.index]
+    tests = plan_tests(runs, grid.test_sets)
     if options.dry_run:
         print_plan(runs)
+        if tests:
+            todo = sum(1 for test in tests if not test.own and not test.done)
+            print(f"{len(tests)} test-set results ({len(grid.test_sets)} test sets per run), {todo} tests to run")
         return 0
     failed = 0
     if not options.aggregate_only:
@@ -77,6 +84,8 @@ def reproduce_main(argv: Sequence[str]) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             failed = GridRunner(runs, jobs=options.jobs).run()
+            if tests:
+                failed += run_tests(tests, jobs=options.jobs)
         except KeyboardInterrupt:
             print("Grid stopped; finished runs are kept. Run the same command again to resume.", file=sys.stderr)
             return 130

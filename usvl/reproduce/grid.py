@@ -4,8 +4,9 @@ A grid file (``configs/reproduce/*.yaml``) names its ``output`` folder, the ``da
 its task), the ``methods`` (config files and dotted-key arguments layered on the experiment, optionally different
 per task) and one or more ``blocks``, each a product of some datasets, methods, seeds and few-shot fractions with
 its own extra arguments (and, like a method, ``classification:`` / ``segmentation:`` arguments for one task only,
-e.g. fewer epochs for segmentation). ``include:`` pulls in another grid file whose keys the including file
-overrides, so the grids share one list of datasets and methods.
+e.g. fewer epochs for segmentation). ``test_sets`` (optional) lists further test sets every run is tested on after
+training (:mod:`usvl.reproduce.test_sets`: train once, test on N). ``include:`` pulls in another grid file whose
+keys the including file overrides, so the grids share one list of datasets and methods.
 
 A cell's command line is ``--config <experiment> [--config <file> ...] [--<key> <value> ...] --seed_everything <seed>
 [--data.init_args.few_shot <fraction>]``; a fraction of 100 (or none) trains on the whole training split.
@@ -77,6 +78,8 @@ class Grid:
         datasets: Dataset specs by name (``config``, ``task``, ``label``).
         methods: Method specs by name (``label``).
         cells: Every run, in order.
+        test_sets: Further test sets every run is tested on (``usvl.reproduce.test_sets``), by name:
+            ``{"label": str, "args": tuple of usvl test arguments}``; empty for a plain grid.
     """
 
     name: str
@@ -86,6 +89,7 @@ class Grid:
     datasets: dict[str, dict[str, Any]]
     methods: dict[str, dict[str, Any]]
     cells: tuple[Cell, ...]
+    test_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def cli_value(value: Any) -> str:
@@ -113,6 +117,29 @@ def layer_arguments(layer: Mapping[str, Any], where: str) -> list[str]:
     for key, value in (layer.get("args") or {}).items():
         arguments += [f"--{key}", cli_value(value)]
     return arguments
+
+
+def parse_test_sets(data: Mapping[str, Any], path: Path) -> dict[str, dict[str, Any]]:
+    """The ``test_sets`` of a grid file: name -> ``{"label": str, "args": tuple of command-line arguments}``.
+
+    A test set's ``args`` (dotted keys, like a method's) turn a run's data into the test set, e.g.
+    ``{data.init_args.test_acquisition: low_freq}``; without ``args`` it is the run's own test split.
+
+    Raises:
+        GridError: ``test_sets`` is not a mapping, or an entry has keys other than ``label`` and ``args``.
+    """
+    raw = data.get("test_sets") or {}
+    if not isinstance(raw, dict):
+        raise GridError(f"{path}: test_sets must map names to {{label, args}}")
+    parsed: dict[str, dict[str, Any]] = {}
+    for name, spec in raw.items():
+        spec = spec or {}
+        unknown = set(spec) - {"label", "args"}
+        if unknown:
+            raise GridError(f"{path}: test set '{name}': unknown keys {sorted(unknown)}; use label and args")
+        arguments = layer_arguments({"args": spec.get("args") or {}}, f"{path}: test set '{name}'")
+        parsed[str(name)] = {"label": str(spec.get("label") or name), "args": tuple(arguments)}
+    return parsed
 
 
 def read_grid_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -196,4 +223,4 @@ def load_grid(path: str | Path, output: str | Path | None = None) -> Grid:
                                           tuple(arguments)))
     output_folder = Path(output if output is not None else data.get("output") or f"results/{name}")
     return Grid(name, path, output_folder, str(data.get("description") or ""), dict(datasets), dict(methods),
-                tuple(cells))
+                tuple(cells), parse_test_sets(data, path))

@@ -1,4 +1,4 @@
-"""Write a grid's results: ``table.md``, ``table.csv``, ``runs.csv`` and the plots, from its finished runs."""
+"""Write a grid's results: ``table.md``, ``table.csv``, ``runs.csv``, the plots (and shift tables) from its runs."""
 
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ from usvl.reproduce.aggregate import markdown_table, summarise, summary_frame
 from usvl.reproduce.grid import Grid
 from usvl.reproduce.plots import write_plots
 from usvl.reproduce.runner import PlannedRun
+from usvl.reproduce.shift_table import write_shift_tables
+from usvl.reproduce.test_sets import plan_tests
 from usvl.utils.atomic import write_csv_atomic, write_text_atomic
 
 
 def aggregate(grid: Grid, runs: Sequence[PlannedRun], resamples: int = 1000) -> list[Path]:
     """Write ``table.md``, ``table.csv``, ``runs.csv`` (one row per finished run) and the plots.
+
+    A grid with ``test_sets`` also gets ``shift_table.md`` and ``shift_table.csv`` (:mod:`usvl.reproduce.shift_table`).
 
     Returns:
         The files written.
@@ -35,4 +39,7 @@ def aggregate(grid: Grid, runs: Sequence[PlannedRun], resamples: int = 1000) -> 
                 "fit_seconds": r.fit_seconds, **r.metrics} for s in summaries for r in s.records]
     runs_csv = grid.output / "runs.csv"
     write_csv_atomic(runs_csv, pd.DataFrame(per_run))
-    return [table_md, table_csv, runs_csv, *write_plots(grid, summaries)]
+    written = [table_md, table_csv, runs_csv, *write_plots(grid, summaries)]
+    if grid.test_sets:
+        written += write_shift_tables(grid, plan_tests(runs, grid.test_sets), command)
+    return written

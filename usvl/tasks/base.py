@@ -113,6 +113,7 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
         self.loss: nn.Module | None = None
         self.init_from = init_from
         self.initialised_from: str | None = None
+        self.domain_range: dict[str, Any] | None = None
 
     @abstractmethod
     def configure_losses(self) -> nn.Module:
@@ -340,7 +341,11 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
         return keys
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only trainable weights (frozen towers reload from their packages), plus classes and text embeddings."""
+        """Keep only trainable weights (frozen towers reload from their packages), plus classes and text embeddings.
+
+        The training domain's image statistics (``domain_range``, set by :class:`usvl.domain_monitor.
+        DomainShiftMonitor` during fit) are stored as ``checkpoint["usvl"]["domain"]``.
+        """
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["usvl"] = {"encoder_id": self.encoder.encoder_id, "trainable_only": True,
@@ -349,12 +354,14 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
             checkpoint["usvl"]["text"] = dict(self.text_record)  # descriptions, cache key, ablation
         if self.text_embeddings is not None:
             checkpoint["usvl"]["text_embeddings"] = self.text_embeddings.cpu()
+        if self.domain_range:
+            checkpoint["usvl"]["domain"] = dict(self.domain_range)  # training-domain image statistics
         # Lightning keeps optimiser, scheduler, loop and callback states (they are outside state_dict) but not the
         # global random streams; a fit resumed from this checkpoint restores them (see on_load_checkpoint).
         checkpoint["usvl"]["rng_states"] = collect_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check the checkpoint fits this model; restore the class text embeddings and, when fitting, the RNG states.
+        """Check the checkpoint fits this model; restore text embeddings, domain statistics and, fitting, RNG states.
 
         Resuming a fit (``usvl fit --ckpt_path last``) restores the random streams the checkpoint saved, so the
         resumed run shuffles and augments as the interrupted one would have; ``test``, ``validate`` and ``predict``
@@ -369,6 +376,8 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
         missing = sorted(self.trainable_state_keys() - set(checkpoint["state_dict"]))
         if missing:
             raise KeyError(f"Checkpoint lacks {len(missing)} trainable weights, e.g. {missing[:5]}")
+        if info.get("domain"):
+            self.domain_range = dict(info["domain"])
         embeddings = info.get("text_embeddings")
         if embeddings is not None and self.text_embeddings is None:
             self.set_text_embeddings(embeddings)

@@ -135,10 +135,62 @@ def tgc_db(grid: BeamGrid | SectorGrid, probe: Probe, rx: Receiver) -> np.ndarra
     return (nominal + slider + focal).astype(np.float32)[:, None]
 
 
+def steered_attenuation_loss_db(
+    alpha: np.ndarray, grid: BeamGrid | SectorGrid, f0_mhz: float, angle_deg: float
+) -> np.ndarray:
+    """Two-way cumulative attenuation (dB) along beams steered by ``angle_deg`` from the grid's beam direction.
+
+    The loss at each sample is summed along the straight path that reaches it from the probe face at that angle
+    (the grid is sheared row by row, summed along its rows, and sheared back), so a strongly attenuating object
+    shadows a slanted column: averaged over several angles, shadows and enhancement fan out and soften as in
+    spatial compounding.
+
+    Returns:
+        The loss in dB, shape of ``alpha``.
+    """
+    if angle_deg == 0.0:
+        return attenuation_loss_db(alpha, grid, f0_mhz)
+    nz, nx = alpha.shape
+    steps = np.asarray([grid.lateral_step_mm(float(z)) for z in grid.z_mm], np.float64)
+    shift = (grid.z_mm - grid.z_mm[0]) * np.tan(np.deg2rad(angle_deg)) / steps
+    rows = np.broadcast_to(np.arange(nz, dtype=np.float64)[:, None], (nz, nx))
+    cols = np.arange(nx, dtype=np.float64)[None, :] + shift[:, None]
+    sheared = ndimage.map_coordinates(alpha, [rows, cols], order=1, mode="nearest")
+    loss = attenuation_loss_db(sheared.astype(np.float32), grid, f0_mhz)
+    back = ndimage.map_coordinates(loss, [rows, np.arange(nx)[None, :] - shift[:, None]], order=1, mode="nearest")
+    return back.astype(np.float32)
+
+
+def _frame_intensity(
+    echo: np.ndarray, alpha: np.ndarray, scene: Scene, grid: BeamGrid | SectorGrid, probe: Probe, rx: Receiver,
+    rng: np.random.Generator, angle_deg: float,
+) -> np.ndarray:
+    """Received intensity of one (possibly steered) frame: speckle, PSF, attenuation, TGC, reverberation, noise."""
+    shape = grid.shape
+    re, im = speckle_field(echo, rng)
+    add_points(re, im, grid, scene.points, rng)
+    env2 = apply_psf(re, im, grid, probe)
+    gain_db = tgc_db(grid, probe, rx) - steered_attenuation_loss_db(alpha, grid, probe.f0_mhz, angle_deg)
+    if np.isfinite(scene.reverb_db).any():
+        rev = upsample(np.where(np.isfinite(scene.reverb_db), scene.reverb_db, -200.0), shape)
+        rev_amp2 = np.power(np.float32(10.0), rev / np.float32(10.0)) * rng.exponential(1.0, shape).astype(
+            np.float32
+        )
+        rev_amp2 = ndimage.gaussian_filter1d(rev_amp2, 1.0, axis=1)
+        env2 = env2 * np.power(np.float32(10.0), gain_db / np.float32(10.0)) + rev_amp2
+    else:
+        env2 = env2 * np.power(np.float32(10.0), gain_db / np.float32(10.0))
+    noise = rng.exponential(1.0, shape).astype(np.float32) * np.float32(10.0 ** (rx.noise_db / 10.0))
+    return env2 + noise * np.power(np.float32(10.0), tgc_db(grid, probe, rx) / np.float32(10.0))
+
+
 def form_image_db(
     scene: Scene, grid: BeamGrid | SectorGrid, probe: Probe, rx: Receiver, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run the physics pipeline on the beam grid.
+
+    With spatial compounding (``probe.compound_deg``) every steering angle is a frame with its own speckle and noise
+    realisation and its own slanted attenuation paths; the frames' intensities are averaged.
 
     Args:
         scene: Scene maps on a coarse grid.
@@ -152,21 +204,13 @@ def form_image_db(
     """
     shape = grid.shape
     echo = upsample(scene.echo_db, shape)
-    re, im = speckle_field(echo, rng)
-    add_points(re, im, grid, scene.points, rng)
-    env2 = apply_psf(re, im, grid, probe)
-    gain_db = tgc_db(grid, probe, rx) - attenuation_loss_db(upsample(scene.alpha, shape), grid, probe.f0_mhz)
-    if np.isfinite(scene.reverb_db).any():
-        rev = upsample(np.where(np.isfinite(scene.reverb_db), scene.reverb_db, -200.0), shape)
-        rev_amp2 = np.power(np.float32(10.0), rev / np.float32(10.0)) * rng.exponential(1.0, shape).astype(
-            np.float32
-        )
-        rev_amp2 = ndimage.gaussian_filter1d(rev_amp2, 1.0, axis=1)
-        env2 = env2 * np.power(np.float32(10.0), gain_db / np.float32(10.0)) + rev_amp2
-    else:
-        env2 = env2 * np.power(np.float32(10.0), gain_db / np.float32(10.0))
-    noise = rng.exponential(1.0, shape).astype(np.float32) * np.float32(10.0 ** (rx.noise_db / 10.0))
-    env2 = env2 + noise * np.power(np.float32(10.0), tgc_db(grid, probe, rx) / np.float32(10.0))
+    alpha = upsample(scene.alpha, shape)
+    angles = tuple(probe.compound_deg) or (0.0,)
+    env2 = _frame_intensity(echo, alpha, scene, grid, probe, rx, rng, float(angles[0]))
+    for angle in angles[1:]:
+        env2 = env2 + _frame_intensity(echo, alpha, scene, grid, probe, rx, rng, float(angle))
+    if len(angles) > 1:
+        env2 = env2 / np.float32(len(angles))
     img_db = np.float32(10.0) * np.log10(env2 + np.float32(1e-12))
     return img_db.astype(np.float32), upsample(scene.ref, shape)
 

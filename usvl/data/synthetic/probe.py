@@ -52,6 +52,10 @@ class LinearProbe(PulseOptics):
         focus_mm: Transmit focal depth in mm.
         f_number: Receive/transmit F-number at the focus.
         bandwidth: Fractional -6 dB bandwidth.
+        compound_deg: Beam steering angles (degrees) of spatial compounding; empty: one unsteered frame.
+        frame_width_mm: Lateral extent of the output frame when it is wider than the field (the aperture): the
+            frame stays square with isotropic pixels and the columns beside the field are black, as a deep
+            linear scan exported in a square frame. ``None``: the frame is the field (``width_mm``).
     """
 
     name: str
@@ -61,6 +65,13 @@ class LinearProbe(PulseOptics):
     focus_mm: float
     f_number: float = 2.0
     bandwidth: float = 0.7
+    compound_deg: tuple[float, ...] = ()
+    frame_width_mm: float | None = None
+
+    @property
+    def frame_mm(self) -> float:
+        """Lateral extent of the output frame in mm."""
+        return self.width_mm if self.frame_width_mm is None else max(self.frame_width_mm, self.width_mm)
 
 
 @dataclass(frozen=True)
@@ -147,7 +158,7 @@ def output_coords(probe: Probe, size: int) -> tuple[np.ndarray, np.ndarray]:
         return _sector_output_coords(probe, size)
     px = probe.depth_mm / size
     z = (np.arange(size, dtype=np.float32) + 0.5) * px
-    x = (np.arange(size, dtype=np.float32) + 0.5) * (probe.width_mm / size) - probe.width_mm / 2.0
+    x = (np.arange(size, dtype=np.float32) + 0.5) * (probe.frame_mm / size) - probe.frame_mm / 2.0
     return x[None, :], z[:, None]
 
 
@@ -174,7 +185,7 @@ def scan_convert(beam_img: np.ndarray, grid: BeamGrid | SectorGrid, probe: Probe
         return _sector_scan_convert(beam_img, grid, probe, size)
     x, z = output_coords(probe, size)
     sz = 0.35 * (probe.depth_mm / size) / grid.dz_mm
-    sx = 0.35 * (probe.width_mm / size) / grid.dx_mm
+    sx = 0.35 * (probe.frame_mm / size) / grid.dx_mm
     smooth = ndimage.gaussian_filter(beam_img, (sz, sx), truncate=2.5) if max(sz, sx) > 0.3 else beam_img
     zi = (z[:, 0] - grid.z_mm[0]) / grid.dz_mm
     xi = (x[0] - grid.x_mm[0]) / grid.dx_mm
@@ -202,6 +213,7 @@ class ConvexProbe(PulseOptics):
         focus_mm: Transmit focal depth in mm.
         f_number: Receive/transmit F-number at the focus.
         bandwidth: Fractional -6 dB bandwidth.
+        compound_deg: Beam steering angles (degrees) of spatial compounding; empty: one unsteered frame.
     """
 
     name: str
@@ -212,6 +224,7 @@ class ConvexProbe(PulseOptics):
     focus_mm: float
     f_number: float = 2.0
     bandwidth: float = 0.7
+    compound_deg: tuple[float, ...] = ()
 
     @property
     def half_span(self) -> float:
@@ -302,15 +315,17 @@ def pixel_spacing(probe: Probe, size: int) -> tuple[float, float]:
     """Output pixel size (rows, columns) in mm."""
     if isinstance(probe, ConvexProbe):
         return probe.height_mm / size, probe.width_mm / size
-    return probe.depth_mm / size, probe.width_mm / size
+    return probe.depth_mm / size, probe.frame_mm / size
 
 
 def field_mask(probe: Probe, size: int) -> np.ndarray | None:
     """Boolean image of the pixels inside the imaged field (``None`` when every pixel is imaged)."""
-    if not isinstance(probe, ConvexProbe):
-        return None
     x, z = output_coords(probe, size)
-    return probe.in_fan(x, z)
+    if isinstance(probe, ConvexProbe):
+        return probe.in_fan(x, z)
+    if probe.frame_mm <= probe.width_mm:
+        return None
+    return np.broadcast_to(np.abs(x) <= probe.width_mm / 2.0, (size, size)).copy()
 
 
 def _sector_grid(probe: ConvexProbe, size: int) -> SectorGrid:

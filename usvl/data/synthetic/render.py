@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .acquisition import extend_scene, get_acquisition
 from .physics import form_image_db, reference_level_db, to_display
 from .presets import PRESETS
 from .probe import ConvexProbe, field_mask, make_beam_grid, output_coords, pixel_spacing, scan_convert
@@ -24,7 +25,7 @@ class SyntheticSample:
         caption: Lexicon caption.
         meta: pixel_spacing_mm, probe, f0_mhz, depth_mm, seed, generator_version, preset; convex probes add
             pixel_spacing_x_mm (their pixels are anisotropic; ``pixel_spacing_mm`` is the row spacing),
-            radius_mm and span_deg.
+            radius_mm and span_deg; an acquisition profile adds ``acquisition`` (its name).
     """
 
     image: np.ndarray
@@ -48,14 +49,17 @@ def sample_label(preset: str, seed: int) -> str:
     return p.class_names[int(rng.choice(len(probs), p=probs / probs.sum()))]
 
 
-def render_sample(preset: str, seed: int, size: int = 256, label: str | None = None) -> SyntheticSample:
+def render_sample(preset: str, seed: int, size: int = 256, label: str | None = None,
+                  acquisition: str | None = None) -> SyntheticSample:
     """Render one deterministic sample.
 
     Args:
         preset: Preset name, a key of ``PRESETS``.
-        seed: Random seed; the same (preset, seed, size, label) always gives identical arrays.
+        seed: Random seed; the same (preset, seed, size, label, acquisition) always gives identical arrays.
         size: Output side in pixels.
         label: Optional class name; by default drawn from the preset's class proportions.
+        acquisition: Acquisition profile (a key of ``ACQUISITIONS``) applied to the drawn probe and receiver
+            after the scene is built: the same seed gives the same scene, label and descriptors as without it.
 
     Returns:
         The sample.
@@ -67,6 +71,11 @@ def render_sample(preset: str, seed: int, size: int = 256, label: str | None = N
     rng = np.random.default_rng(_stream(p.seed_salt, seed, p.class_names.index(label), 1))
     desc = p.sample_descriptors(label, rng)
     probe, scene, rx = p.build_scene(desc, rng, size)
+    if acquisition is not None:
+        profile = get_acquisition(acquisition)
+        probe, rx = profile.apply(probe, rx, size)
+        if profile.depth_scale != 1.0:
+            scene = extend_scene(scene, probe, size, rng)
     grid = make_beam_grid(probe, size)
     img_db, ref_w = form_image_db(scene, grid, probe, rx, rng)
     ref_db = reference_level_db(img_db, ref_w)
@@ -86,6 +95,8 @@ def render_sample(preset: str, seed: int, size: int = 256, label: str | None = N
         "generator_version": GENERATOR_VERSION,
         "preset": preset,
     }
+    if acquisition is not None:
+        meta["acquisition"] = acquisition
     if isinstance(probe, ConvexProbe):
         meta["pixel_spacing_x_mm"] = round(pixel_spacing(probe, size)[1], 6)
         meta["radius_mm"] = round(probe.radius_mm, 4)

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL import Image
 
 from usvl.data.manifest import SPLITS
 
+from .acquisition import get_acquisition
 from .presets import PRESETS
 from .render import render_sample
 from .version import GENERATOR_VERSION
@@ -50,8 +52,8 @@ def image_seed(seed: int, split: str, index: int) -> int:
 
 def _job(args: tuple) -> dict:
     """Render one image and write its PNGs; returns the metadata record (top level for spawn pickling)."""
-    preset, name, split, label, seed, size, tmp = args
-    s = render_sample(preset, seed, size=size, label=label)
+    preset, name, split, label, seed, size, tmp, acquisition = args
+    s = render_sample(preset, seed, size=size, label=label, acquisition=acquisition)
     Image.fromarray(s.image, mode="L").save(Path(tmp) / "all" / "images" / name, optimize=False)
     Image.fromarray((s.mask * 255).astype(np.uint8), mode="L").save(Path(tmp) / "all" / "masks" / name)
     p = PRESETS[preset]
@@ -66,16 +68,17 @@ def _job(args: tuple) -> dict:
     }
 
 
-def _plan(preset: str, profile_counts: dict[str, int], seed: int, size: int, tmp: Path) -> list[tuple]:
-    """List every image job in a fixed order."""
+def _plan(preset: str, profile_counts: dict[str, int], seed: int, size: int, tmp: Path,
+          acquisition: str | None = None, splits: tuple[str, ...] = SPLITS) -> list[tuple]:
+    """List every image job of ``splits`` in a fixed order (names are numbered over all splits regardless)."""
     p = PRESETS[preset]
     jobs, k = [], 0
     for split in SPLITS:
         for i, label in enumerate(split_labels(preset, profile_counts[split], split, seed)):
             k += 1
-            jobs.append(
-                (preset, f"{p.prefix}_{k:05d}.png", split, label, image_seed(seed, split, i), size, str(tmp))
-            )
+            if split in splits:
+                jobs.append((preset, f"{p.prefix}_{k:05d}.png", split, label, image_seed(seed, split, i), size,
+                             str(tmp), acquisition))
     return jobs
 
 
@@ -96,12 +99,13 @@ def _write_index(tmp: Path, preset: str, records: list[dict]) -> None:
 
 
 def generate_dataset(
-    preset: str, root: str | Path, profile: str = "default", seed: int = 0, size: int = 256, workers: int = 1
+    preset: str, root: str | Path, profile: str = "default", seed: int = 0, size: int = 256, workers: int = 1,
+    acquisition: str | None = None, splits: tuple[str, ...] | None = None,
 ) -> Path:
     """Generate a synthetic dataset in the NextGen-UIA release layout.
 
-    Output is deterministic in (generator version, preset, profile, seed, size) regardless of ``workers``.
-    Files are written to a temporary sibling folder that is renamed onto ``root`` only when complete.
+    Output is deterministic in (generator version, preset, profile, seed, size, acquisition) regardless of
+    ``workers``. Files are written to a temporary sibling folder that is renamed onto ``root`` only when complete.
 
     Args:
         preset: Preset name (``"thyroid"``, ``"breast"``, ``"ln-int"``, ``"ln-ext"``, ``"prostate"``).
@@ -110,6 +114,10 @@ def generate_dataset(
         seed: Base seed.
         size: Image side in pixels.
         workers: Processes to use (spawn-safe multiprocessing pool when > 1).
+        acquisition: Acquisition profile (``usvl.data.synthetic.ACQUISITIONS``): the same images (anatomy,
+            lesions, labels, names) as without it, imaged differently.
+        splits: Write only these splits (same names, labels and images as in the full dataset), e.g.
+            ``("test",)`` for a shifted test set; None: all.
 
     Returns:
         The dataset root.
@@ -118,6 +126,12 @@ def generate_dataset(
 
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; available: {sorted(PRESETS)}")
+    if acquisition is not None:
+        get_acquisition(acquisition)
+    splits = tuple(splits or SPLITS)
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"unknown splits {unknown}; expected a subset of {list(SPLITS)}")
     counts = PROFILES[profile]
     root = Path(root)
     if root.exists() and any(root.iterdir()):
@@ -127,14 +141,14 @@ def generate_dataset(
     try:
         (tmp / "all" / "images").mkdir(parents=True)
         (tmp / "all" / "masks").mkdir(parents=True)
-        jobs = _plan(preset, counts, seed, size, tmp)
+        jobs = _plan(preset, counts, seed, size, tmp, acquisition, splits)
         if workers > 1:
             with get_context("spawn").Pool(workers) as pool:
                 records = pool.map(_job, jobs, chunksize=8)
         else:
             records = [_job(j) for j in jobs]
         _write_index(tmp, preset, records)
-        _write_manifest(tmp, preset, profile, seed, size, records)
+        _write_manifest(tmp, preset, profile, seed, size, records, acquisition, splits)
         if root.exists():
             root.rmdir()
         os.replace(tmp, root)
@@ -144,8 +158,9 @@ def generate_dataset(
     return root
 
 
-def _write_manifest(tmp: Path, preset: str, profile: str, seed: int, size: int, records: list[dict]) -> None:
-    """Write generator.json with counts per split and class."""
+def _write_manifest(tmp: Path, preset: str, profile: str, seed: int, size: int, records: list[dict],
+                    acquisition: str | None = None, splits: tuple[str, ...] = SPLITS) -> None:
+    """Write generator.json with counts per split and class (and the acquisition profile and splits, when set)."""
     p = PRESETS[preset]
     counts = {
         s: {c: sum(r["split"] == s and r["label"] == c for r in records) for c in p.class_names}
@@ -161,4 +176,9 @@ def _write_manifest(tmp: Path, preset: str, profile: str, seed: int, size: int, 
         "class_names": list(p.class_names),
         "dataset_name": p.dataset_name,
     }
+    if acquisition is not None:
+        profile_record = get_acquisition(acquisition)
+        manifest["acquisition"] = {"key": profile_record.key, **asdict(profile_record)}
+    if tuple(splits) != tuple(SPLITS):
+        manifest["splits"] = list(splits)
     (tmp / "generator.json").write_text(json.dumps(manifest, indent=2) + "\n")
