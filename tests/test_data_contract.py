@@ -23,7 +23,7 @@ from usvl.data.sources import FolderDataModule, read_folder_manifest
 DATA = Path(__file__).resolve().parents[1] / "usvl" / "data"
 LAYERS = (
     ("manifest", "decode", "bad_files"),
-    ("splits", "duplicates", "dataset", "decode_cache", "transforms"),
+    ("splits", "duplicates", "dataset", "decode_cache", "transforms", "acquisition_augment"),
     ("datamodule",),
     ("sources.common", "sources.nextgen", "sources.busi", "sources.ddti", "sources.tn3k", "sources.prostate",
      "sources.folder", "sources.synthetic"),
