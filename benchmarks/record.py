@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from usvl.utils.allocator import keep_freed_memory, keeping_freed_memory
 from usvl.utils.threads import available_cores
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -29,10 +30,13 @@ REPO = Path(__file__).resolve().parents[1]
 def run_in_process(threads: int) -> None:
     """Prepare this process for in-process ``usvl`` runs at ``threads`` torch threads.
 
-    :func:`usvl.cli.main` sets the threads from ``USVL_THREADS``, so it is set here; LightningCLI's warning that a
-    script passing ``args`` also has its own command line is silenced.
+    :func:`usvl.cli.main` sets the threads from ``USVL_THREADS``, so it is set here; the allocator setting that
+    ``usvl`` applies (:func:`usvl.utils.allocator.keep_freed_memory`) is applied here too, so a plain loop in the same
+    process runs under it whether it runs before or after ``usvl``; LightningCLI's warning that a script passing
+    ``args`` also has its own command line is silenced.
     """
     os.environ["USVL_THREADS"] = str(threads)
+    keep_freed_memory()
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
 
 
@@ -72,6 +76,7 @@ def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
             "gpu": gpu, "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
             "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "lightning": lightning.__version__, "numpy": numpy.__version__,
+            "allocator": "freed memory kept (usvl.utils.allocator)" if keeping_freed_memory() else "system default",
             "usvl_commit": _git("rev-parse", "--short", "HEAD"), "usvl_dirty": bool(_git("status", "--porcelain"))}
 
 

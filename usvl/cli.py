@@ -16,6 +16,7 @@ from usvl.lightning_cli import (
     run_lightning,
     stored_class_names,
 )
+from usvl.utils.allocator import keep_freed_memory
 from usvl.utils.errors import DEBUG_VARIABLE, UserError
 from usvl.utils.threads import configure_threads
 
@@ -52,6 +53,7 @@ def _dispatch(args: ArgsType) -> int | None:
     # numbers to average; Lightning recommends sync_dist for every epoch-level value it sees.
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
     configure_threads()
+    keep_freed_memory()
     if argv and argv[0] == "data":
         from usvl.data.cli import data_main
 
