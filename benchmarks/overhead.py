@@ -1,9 +1,10 @@
 """Framework overhead: ``usvl fit`` (the real CLI path) against a plain PyTorch loop on the same model and data.
 
-Run (about 3 minutes on an idle 2-core CPU): ``.venv/bin/python benchmarks/overhead.py [--repeats 3] [--epochs 3]
+Run (about 5 minutes on an idle 2-core CPU): ``.venv/bin/python benchmarks/overhead.py [--repeats 5] [--epochs 3]
 [--profile small] [--threads N] [--config configs/thyroid_cls.yaml]``.
 
-Each repeat runs, in this order and in this process (same threads):
+Each repeat runs both sides in this process (same threads, same allocator setting), ``usvl`` first in even repeats
+and the plain loop first in odd ones, so a drift of the machine's speed over time does not favour one side:
 
 * ``usvl fit --config <config> --data.init_args.profile <profile> --trainer.max_epochs <epochs>`` through the
   console script's entry point (:func:`usvl.cli.main`), as the ``usvl`` command runs it: TensorBoard logging,
@@ -60,7 +61,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/thyroid_cls.yaml")
     parser.add_argument("--profile", default="small", help="synthetic data profile (small: 300 training images)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is warm-up")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: USVL_THREADS or cores)")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. the machine's load)")
@@ -76,8 +77,12 @@ def main() -> None:
     runs = {"usvl": [], "plain": []}
     with tempfile.TemporaryDirectory(prefix="usvl-overhead-") as folder:
         for repeat in range(options.repeats):
-            usvl_epochs = usvl_fit(config_args, Path(folder) / f"repeat{repeat}")
-            plain_epochs = plain_fit(config_args, options.epochs)
+            if repeat % 2:
+                plain_epochs = plain_fit(config_args, options.epochs)
+                usvl_epochs = usvl_fit(config_args, Path(folder) / f"repeat{repeat}")
+            else:
+                usvl_epochs = usvl_fit(config_args, Path(folder) / f"repeat{repeat}")
+                plain_epochs = plain_fit(config_args, options.epochs)
             runs["usvl"].append(usvl_epochs)
             runs["plain"].append(plain_epochs)
             print(f"repeat {repeat + 1}/{options.repeats}: usvl {rate(usvl_epochs):.2f} images/s, plain "
