@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,10 @@ from torch import nn
 from usvl.models.encoders.common import capture_outputs
 from usvl.models.encoders.vit import tokens_to_map
 from usvl.models.encoders.weights import files_fingerprint
+from usvl.models.fold_batch_norm import fold_batch_norms
+
+FOLD_VARIABLE = "USVL_FOLD_BATCH_NORMS"
+"""``0`` keeps eval-mode batch norms apart from their convolutions (:mod:`usvl.models.fold_batch_norm`)."""
 
 VIT_ATTENTION_LORA_TARGETS = r"image_tower\.(?:.+\.)?blocks\.\d+\.attn\.(?:qkv|proj)"
 """The fused ``attn.qkv`` and the ``attn.proj`` Linear layers of every block of a timm ViT image tower."""
@@ -50,6 +55,8 @@ class VisionLanguageEncoder(nn.Module, ABC):
     """
 
     encoder_id: str = "abstract"
+    _batch_norms_checked: bool = False
+    """Whether :meth:`tower_features` has looked for batch norms to fold."""
     image_tower_path: str = "image_tower"
     """Qualified name of the image tower inside the encoder: the only place LoRA may adapt."""
     lora_targets: str | list[str] = VIT_ATTENTION_LORA_TARGETS
@@ -99,9 +106,17 @@ class VisionLanguageEncoder(nn.Module, ABC):
     def tower_features(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """What the image tower computes before the trainable image projection: pooled features and tapped maps.
 
+        The first call folds the tower's eval-mode batch norms into their convolutions
+        (:mod:`usvl.models.fold_batch_norm`: same outputs, one pass less over the activations per layer); set
+        ``USVL_FOLD_BATCH_NORMS=0`` to keep them apart.
+
         Returns:
             The pooled features ``[B, C]`` (:meth:`pool_image`) and the tapped maps, shallow to deep.
         """
+        if not self._batch_norms_checked and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+            self._batch_norms_checked = True
+            if os.environ.get(FOLD_VARIABLE, "1") != "0":
+                fold_batch_norms(self, lambda: self.forward_image_tower(images[:2]))
         with capture_outputs(self.tapped_modules()) as tapped:
             output = self.forward_image_tower(images)
         maps = [tokens_to_map(feature, self.num_prefix_tokens) for feature in tapped]
