@@ -303,8 +303,8 @@ def measure(case: Case, device: str = "cpu", precision: str = "fp32", repeats: i
 
     Returns:
         The case's record: the case, ``train_images_per_s`` and ``inference_images_per_s`` (summaries of the
-        repeats), ``step_seconds``, ``memory``, ``trainable_params``, ``gflops_per_step``, ``achieved_tflops`` and
-        ``mfu``.
+        repeats), ``step_seconds``, ``memory``, ``trainable_params``, ``flops_per_step`` (and in GFLOP),
+        ``achieved_tflops`` and ``mfu``.
     """
     where = torch.device(device)
     setup = build(case, where)
@@ -327,8 +327,8 @@ def measure(case: Case, device: str = "cpu", precision: str = "fp32", repeats: i
             "inference_images_per_s": summary([case.batch / s for s in inference], digits=2),
             "step_seconds": seconds, "memory": peak_memory,
             "trainable_params": sum(p.numel() for p in setup.task.parameters() if p.requires_grad),
-            "gflops_per_step": round(flops / 1e9, 2), "achieved_tflops": round(achieved, 4),
-            "mfu": round(achieved / peak, 4) if peak else None}
+            "flops_per_step": flops, "gflops_per_step": round(flops / 1e9, 3), "achieved_tflops": round(achieved, 6),
+            "mfu": round(achieved / peak, 6) if peak else None}
 
 
 def measure_isolated(case: Case, device: str, precision: str, repeats: int, warmup: int,
