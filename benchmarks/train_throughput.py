@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -320,12 +321,11 @@ def measure(case: Case, device: str = "cpu", precision: str = "fp32", repeats: i
     inference = list(timings(lambda: forward(setup, precision), where, repeats))
     setup.task.train()
     flops = step_flops(setup, precision)
-    seconds = summary(train, digits=4)
-    achieved = flops / seconds["median"] / 1e12
+    achieved = flops / statistics.median(train) / 1e12
     return {"case": asdict(case), "label": case.label, "device": device, "precision": precision,
             "train_images_per_s": summary([case.batch / s for s in train], digits=2),
             "inference_images_per_s": summary([case.batch / s for s in inference], digits=2),
-            "step_seconds": seconds, "memory": peak_memory,
+            "step_seconds": summary(train, digits=4), "memory": peak_memory,
             "trainable_params": sum(p.numel() for p in setup.task.parameters() if p.requires_grad),
             "flops_per_step": flops, "gflops_per_step": round(flops / 1e9, 3), "achieved_tflops": round(achieved, 6),
             "mfu": round(achieved / peak, 6) if peak else None}
@@ -333,11 +333,11 @@ def measure(case: Case, device: str = "cpu", precision: str = "fp32", repeats: i
 
 def measure_isolated(case: Case, device: str, precision: str, repeats: int, warmup: int,
                      peak: float | None) -> dict[str, Any]:
-    """:func:`measure` in a forked process of its own on a CPU (a clean heap for the memory peak), else here.
+    """:func:`measure` in a forked process of its own on a CPU (a clean heap for the memory peak), here on CUDA.
 
     CUDA cases run in this process (CUDA does not survive a fork); the allocator's peak is reset per case.
     """
-    if device != "cpu":
+    if device.startswith("cuda"):
         result = measure(case, device, precision, repeats, warmup, peak)
         torch.cuda.empty_cache()
         return result
@@ -363,7 +363,7 @@ def parse_options() -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", choices=["table", "vit", "scaling"], default=["table", "vit", "scaling"])
-    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: torch.autocast")
     parser.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes of every group chosen")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="image sizes of every group chosen")
