@@ -1,8 +1,9 @@
 """Lightning callbacks that time a real ``usvl`` run from the inside (added with ``--trainer.callbacks+=clocks.X``).
 
 The benchmarks run the console script's entry point in-process (:func:`usvl.cli.main`), so these classes resolve as
-``clocks.StepClock`` and ``clocks.EpochClock`` (``benchmarks/`` is the script's folder, first on ``sys.path``); the
-benchmark reads the run's instance back from the class's ``latest``. On CUDA each reading waits for the device.
+``clocks.StepClock``, ``clocks.EpochClock`` and ``clocks.PredictClock`` (``benchmarks/`` is the script's folder,
+first on ``sys.path``); the benchmark reads the run's instance back from the class's ``latest``. On CUDA each reading
+waits for the device.
 """
 
 from __future__ import annotations
@@ -86,3 +87,33 @@ class EpochClock(Callback):
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.test_epochs.append(now(pl_module) - self._start)
+
+
+class PredictClock(Callback):
+    """The images of a ``usvl predict`` run and the seconds from its start to its end (after the model is loaded:
+    data loading, the forward passes and the prediction writer's files included).
+
+    Attributes:
+        images: Images predicted.
+        seconds: Seconds from ``on_predict_start`` to ``on_predict_end`` (the writers, listed before this callback,
+            have finished their files by then).
+    """
+
+    latest: PredictClock | None = None
+    """The instance created last (the running benchmark's)."""
+
+    def __init__(self) -> None:
+        PredictClock.latest = self
+        self.images = 0
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = now(pl_module)
+
+    def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.images += len(batch["image"])
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seconds = now(pl_module) - self._start
