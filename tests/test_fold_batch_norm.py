@@ -134,3 +134,43 @@ def test_usvl_fold_batch_norms_0_keeps_the_tower_unfolded(monkeypatch):
     with torch.no_grad():
         encoder.tower_features(_images(1))
     assert not any(isinstance(m.__dict__.get("forward"), FoldedConvForward) for m in encoder.modules())
+
+
+class _ConvInPlaceUpdate(nn.Module):
+    """A convolution whose output is changed in place (as a LoRA update may be) before its batch norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.delta = nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        out += self.delta(x)
+        return self.bn(out)
+
+
+def test_a_convolution_output_changed_in_place_before_its_batch_norm_is_not_folded():
+    model = _ConvInPlaceUpdate().eval()
+    x = _images(2, 8)
+    assert conv_batch_norm_pairs(model, lambda: model(x)) == []
+
+
+def test_lora_wrapped_convolutions_keep_their_batch_norms_apart():
+    from usvl.models.adapters import LoRAAdapter
+
+    encoder = LiTEffNetMiniLM(embed_dim=16, pretrained=False)
+    _randomise_batch_norms(encoder)
+    layers = LoRAAdapter(r=4, dropout=0.0).apply(encoder)
+    for layer in layers:
+        nn.init.normal_(layer.lora_B["default"].weight, std=0.05)
+    encoder.eval()
+    reference = copy.deepcopy(encoder)
+    reference._batch_norms_checked = True
+    images = _images(2)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.encode_image(images).global_embedding,
+                                   reference.encode_image(images).global_embedding, atol=1e-4, rtol=1e-4)
+    folded = sum(isinstance(m.__dict__.get("forward"), FoldedConvForward) for m in encoder.modules())
+    assert folded == 49 - len(layers)

@@ -94,22 +94,25 @@ class FoldedBatchNormForward:
 def conv_batch_norm_pairs(module: nn.Module, run: Callable[[], Any]) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
     """The foldable (convolution, batch norm) pairs of ``module``, seen during one forward pass.
 
-    A pair is one where the batch norm's input is the very tensor the convolution returned while ``run()`` does a
-    forward pass (without gradients, every module in eval mode, modes restored afterwards); only convolutions and
+    A pair is one where the batch norm's input is the very tensor the convolution returned, unchanged since (its
+    version counter catches in-place updates), while ``run()`` does a forward pass (without gradients, every module in eval mode, modes restored afterwards); only convolutions and
     batch norms this module knows how to fold, and only convolutions that feed one batch norm.
     """
-    outputs: dict[int, nn.Conv2d] = {}
+    outputs: list[tuple[torch.Tensor, int, nn.Conv2d]] = []  # each output kept alive, so no id is reused
     pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
     handles = []
 
     def after_conv(conv: nn.Module, _: Any, output: Any) -> None:
         if isinstance(output, torch.Tensor):
-            outputs[id(output)] = conv
+            outputs.append((output, output._version, conv))
 
     def before_bn(bn: nn.Module, args: tuple[Any, ...]) -> None:
-        conv = outputs.get(id(args[0])) if args and isinstance(args[0], torch.Tensor) else None
-        if conv is not None and all(bn is not other for _, other in pairs):
-            pairs.append((conv, bn))
+        if not args or not isinstance(args[0], torch.Tensor):
+            return
+        # The very tensor the convolution returned, not changed in place since (e.g. by a LoRA update added to it).
+        feeding = [conv for output, version, conv in outputs if output is args[0] and output._version == version]
+        if len(feeding) == 1 and all(bn is not other for _, other in pairs):
+            pairs.append((feeding[0], bn))
 
     for sub in module.modules():
         if isinstance(sub, nn.Conv2d) and _convolution(sub) is not None:
@@ -119,7 +122,7 @@ def conv_batch_norm_pairs(module: nn.Module, run: Callable[[], Any]) -> list[tup
     modes = {sub: sub.training for sub in module.modules()}
     module.eval()  # no batch-norm statistics updated, no dropout drawn from the random stream
     try:
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():  # version counters exist outside inference mode only
             run()
     finally:
         for handle in handles:
