@@ -59,6 +59,7 @@ from usvl.models.encoders import LiTEffNetMiniLM, TinyViTCLIP, VisionLanguageEnc
 from usvl.models.heads import PromptSimilarityHead
 from usvl.tasks import ClassificationTask
 from usvl.tasks.optim import prefer_fused
+from usvl.utils.allocator import keep_freed_memory
 from usvl.utils.threads import configure_threads
 
 MIB = 1024 * 1024
@@ -380,6 +381,7 @@ def parse_options() -> argparse.Namespace:
 def main() -> None:
     options = parse_options()
     threads = configure_threads(options.threads)
+    keep_freed_memory()  # as every usvl command does (forked cases inherit it); USVL_ALLOCATOR=system turns it off
     repeats = options.repeats or (2 if options.quick else 4)
     cases = build_cases(options.cases, options.device, options.quick, options.sizes, options.batch)
     load_before = os.getloadavg()
