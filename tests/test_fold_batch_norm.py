@@ -174,3 +174,22 @@ def test_lora_wrapped_convolutions_keep_their_batch_norms_apart():
                                    reference.encode_image(images).global_embedding, atol=1e-4, rtol=1e-4)
     folded = sum(isinstance(m.__dict__.get("forward"), FoldedConvForward) for m in encoder.modules())
     assert folded == 49 - len(layers)
+
+
+def test_lora_applied_after_a_first_forward_pass_unfolds_what_it_wraps():
+    from usvl.models.adapters import LoRAAdapter
+
+    encoder = LiTEffNetMiniLM(embed_dim=16, pretrained=False).eval()
+    _randomise_batch_norms(encoder)
+    images = _images(2)
+    with torch.no_grad():
+        encoder.encode_image(images)  # folds all 49 pairs
+    layers = LoRAAdapter(r=4, dropout=0.0).apply(encoder)
+    for layer in layers:
+        nn.init.normal_(layer.lora_B["default"].weight, std=0.05)
+    reference = copy.deepcopy(encoder)
+    unfold_batch_norms(reference)
+    reference._batch_norms_checked = True
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.encode_image(images).global_embedding,
+                                   reference.encode_image(images).global_embedding, atol=1e-4, rtol=1e-4)

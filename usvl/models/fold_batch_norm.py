@@ -95,8 +95,9 @@ def conv_batch_norm_pairs(module: nn.Module, run: Callable[[], Any]) -> list[tup
     """The foldable (convolution, batch norm) pairs of ``module``, seen during one forward pass.
 
     A pair is one where the batch norm's input is the very tensor the convolution returned, unchanged since (its
-    version counter catches in-place updates), while ``run()`` does a forward pass (without gradients, every module in eval mode, modes restored afterwards); only convolutions and
-    batch norms this module knows how to fold, and only convolutions that feed one batch norm.
+    version counter catches in-place updates), while ``run()`` does a forward pass (without gradients, every module
+    in eval mode, modes restored afterwards); only convolutions and batch norms this module knows how to fold, and
+    only convolutions that feed one batch norm.
     """
     outputs: list[tuple[torch.Tensor, int, nn.Conv2d]] = []  # each output kept alive, so no id is reused
     pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
@@ -155,9 +156,15 @@ def fold_batch_norms(module: nn.Module, run: Callable[[], Any]) -> int:
 
 
 def unfold_batch_norms(module: nn.Module) -> int:
-    """Undo :func:`fold_batch_norms` on ``module``; returns the number of pairs restored."""
+    """Undo :func:`fold_batch_norms` on ``module``; returns the number of pairs restored.
+
+    Encoders inside ``module`` look for pairs again on their next forward pass. Call it after changing the modules
+    (an adapter wrapping a convolution, a merge), so the folding never outlives the structure it was checked on.
+    """
     count = 0
     for sub in module.modules():
+        if getattr(sub, "_batch_norms_checked", False):
+            sub._batch_norms_checked = False
         for folded in (FoldedConvForward, FoldedBatchNormForward):
             if isinstance(sub.__dict__.get("forward"), folded):
                 del sub.forward

@@ -18,6 +18,7 @@ from torchmetrics import MetricCollection
 
 from usvl.models.adapters.base import Adapter, NoAdapter
 from usvl.models.encoders.base import VisionLanguageEncoder
+from usvl.models.fold_batch_norm import unfold_batch_norms
 from usvl.models.heads.classification import class_prototypes
 from usvl.tasks.gradient_check import parameters_without_gradient, unused_parameters_message
 from usvl.tasks.init_from import resolve_checkpoint, select_weights, transferable_keys
@@ -97,6 +98,7 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
         self.encoder = encoder
         self.adapter = adapter or NoAdapter()
         self.adapter.apply(encoder)
+        unfold_batch_norms(encoder)  # any folding was checked on the encoder before its adapters
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.strict_loading = False

@@ -34,6 +34,7 @@ from torch import nn
 from usvl.models.adapters.base import Adapter
 from usvl.models.encoders.base import VIT_ATTENTION_LORA_TARGETS, VisionLanguageEncoder
 from usvl.models.encoders.common import match_targets
+from usvl.models.fold_batch_norm import unfold_batch_norms
 
 DEFAULT_LORA_TARGETS = VIT_ATTENTION_LORA_TARGETS
 """The ViT default (``attn.qkv``/``attn.proj`` of every block); each encoder names its own in ``lora_targets``."""
@@ -183,6 +184,7 @@ class LoRAAdapter(Adapter):
             use_rslora=self.use_rslora,
             bias="none",
         )
+        unfold_batch_norms(encoder)  # a batch norm folded into a convolution LoRA now wraps would skip the update
         inject_adapter_in_model(config, tower)
         layers = lora_layers(tower)
         injected = sorted(name for name, _ in outermost(layers))
@@ -223,4 +225,5 @@ class LoRAAdapter(Adapter):
                 parent_name, _, child_name = name.rpartition(".")
                 parent = encoder.get_submodule(parent_name) if parent_name else encoder
                 setattr(parent, child_name, base)
+        unfold_batch_norms(encoder)  # merged convolutions may fold with their batch norms on the next forward
         return len(layers)
