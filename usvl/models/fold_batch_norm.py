@@ -2,9 +2,9 @@
 
 A batch norm in eval mode is a fixed per-channel affine map, so ``bn(conv(x))`` equals a convolution with weights
 ``W * s`` and bias ``(b - mean) * s + beta`` where ``s = gamma / sqrt(var + eps)``. Frozen CNN towers (the embedded
-EfficientNet-Lite0: 49 such pairs) spend a quarter of their step time in those normalisation passes on a CPU;
-folded, a training step at batch 32 took 0.66 s instead of 0.87 s (``BENCHMARKS.md``), outputs equal to float
-rounding.
+EfficientNet-Lite0: 49 such pairs) spend a fifth of their step time in those normalisation passes on a CPU;
+folded, a training step at batch 32 took 0.74 s instead of 0.92 s (``BENCHMARKS.md``, "CPU fast paths"), outputs
+equal to float rounding.
 
 The folding changes no module, parameter or buffer: :func:`fold_batch_norms` gives each verified pair a forward that
 computes the folded weights from the current parameters on every call (a few MB of arithmetic, against hundreds of

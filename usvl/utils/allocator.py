@@ -2,10 +2,11 @@
 
 glibc's ``malloc`` serves large blocks (a 32-image batch of 112 px feature maps is tens of MB) with fresh ``mmap``
 calls and returns them with ``munmap`` when a tensor is freed, so every training step faults its activations' pages
-in again: about 280,000 minor page faults per step for the embedded encoder at batch 32, a third of the step time
-on a 2-core CPU (``BENCHMARKS.md``). :func:`keep_freed_memory` tells glibc (``mallopt``) to take every block from
-the heap and never trim it, so after the first step the same memory is reused and the faults stop. The resident
-memory then stays at the run's peak instead of shrinking between steps; the peak itself is unchanged.
+in again: 200,000-300,000 minor page faults per step for the embedded encoder at batch 32 in a whole ``usvl fit``,
+which ran 1.2x slower for it on a 2-core CPU (``BENCHMARKS.md``, "CPU fast paths"). :func:`keep_freed_memory`
+tells glibc (``mallopt``) to take every block from the heap and never trim it, so after the first steps the same
+memory is reused and the faults stop. The resident memory then stays at the run's peak instead of shrinking between
+steps; the peak itself is unchanged.
 
 Set ``USVL_ALLOCATOR=system`` to keep glibc's defaults. Elsewhere (macOS, musl, Windows) nothing changes.
 """
