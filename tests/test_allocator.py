@@ -49,9 +49,10 @@ def test_usvl_allocator_system_keeps_the_default_allocator():
 
 def test_the_usvl_command_applies_the_setting(monkeypatch):
     import usvl.cli
+    import usvl.utils.allocator
 
     calls = []
-    monkeypatch.setattr(usvl.cli, "keep_freed_memory", lambda: calls.append(True) or True)
+    monkeypatch.setattr(usvl.utils.allocator, "keep_freed_memory", lambda: calls.append(True) or True)
     with pytest.raises(SystemExit):
         usvl.cli.main(["data", "--help"])
     assert calls == [True]

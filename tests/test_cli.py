@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -113,3 +115,13 @@ def test_data_generate_command(tmp_path, capsys):
     assert (tmp_path / "d" / "generator.json").is_file()
     assert json.loads((tmp_path / "d" / "generator.json").read_text())["size"] == 64
     assert str(tmp_path / "d") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", ["usvl.cli", "usvl.data.synthetic.writer"])
+def test_light_modules_import_no_torch_or_lightning(module):
+    # The `usvl` console script imports usvl.cli, and so does every process multiprocessing spawns from it (the
+    # synthetic-data workers, which then import the writer): with torch and Lightning there, each worker spent ~10 s
+    # importing before its first image.
+    code = f"import sys, {module}; print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 import warnings
+from typing import TYPE_CHECKING, Any
 
-from lightning.pytorch.cli import ArgsType
-
-from usvl.lightning_cli import (
-    DESCRIPTION,
-    USVLCLI,
-    console_trainer_kwargs,
-    run_lightning,
-    stored_class_names,
-)
-from usvl.utils.allocator import keep_freed_memory
 from usvl.utils.errors import DEBUG_VARIABLE, UserError
-from usvl.utils.threads import configure_threads
+
+if TYPE_CHECKING:
+    from lightning.pytorch.cli import ArgsType
+
+    from usvl.lightning_cli import (
+        DESCRIPTION,
+        USVLCLI,
+        console_trainer_kwargs,
+        run_lightning,
+        stored_class_names,
+    )
 
 __all__ = ["DESCRIPTION", "USVLCLI", "console_trainer_kwargs", "main", "run_lightning", "stored_class_names"]
+
+# Importing this module stays cheap (no torch, no Lightning): the ``usvl`` console script imports it, and so does
+# every process that ``multiprocessing`` spawns from ``usvl`` (the synthetic-data workers), which need neither.
+# These names are :mod:`usvl.lightning_cli`'s, loaded on first use.
+_LIGHTNING_CLI_NAMES = frozenset(__all__) - {"main"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LIGHTNING_CLI_NAMES:
+        return getattr(importlib.import_module("usvl.lightning_cli"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(args: ArgsType = None) -> int | None:
@@ -52,6 +65,9 @@ def _dispatch(args: ArgsType) -> int | None:
     # With DDP the metrics are torchmetrics values computed over every rank's samples (already synced), not per-rank
     # numbers to average; Lightning recommends sync_dist for every epoch-level value it sees.
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
+    from usvl.utils.allocator import keep_freed_memory
+    from usvl.utils.threads import configure_threads
+
     configure_threads()
     keep_freed_memory()
     if argv and argv[0] == "data":
@@ -70,5 +86,7 @@ def _dispatch(args: ArgsType) -> int | None:
         from usvl.text.cli import text_main
 
         return text_main(argv[1:])
+    from usvl.lightning_cli import run_lightning
+
     run_lightning(args)
     return None
