@@ -12,13 +12,11 @@ JOBS ?= 2
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
-$(BIN)/usvl: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install -e ".[dev]"
+$(BIN)/usvl: pyproject.toml scripts/install_venv.py
+	$(PYTHON) scripts/install_venv.py $(VENV) --extras dev
 	@touch $(BIN)/usvl
 
-install: $(BIN)/usvl ## Create .venv and install usvl with its dev tools (pip install -e ".[dev]")
+install: $(BIN)/usvl ## Create .venv and install usvl with its dev tools (uv pip install -e ".[dev]" with pip's settings; USVL_INSTALLER=pip for pip)
 
 demo: $(BIN)/usvl ## Train Mona adapters on embedded thyroid ultrasound, then test the best checkpoint
 	$(BIN)/usvl fit --config $(CONFIG)
