@@ -25,26 +25,14 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from clocks import now
 from plain_loop import PlainTrainer, build
-from record import REPO, machine, print_figure, run_in_process, summary, write_record
+from record import REPO, machine, print_figure, run_in_process, summary, timed, write_record
 
 from usvl.data.dataset import UltrasoundDataset
 from usvl.utils.threads import configure_threads
-
-
-def timed(run: Callable[[], int], repeats: int) -> list[float]:
-    """Images/s of ``repeats`` calls of ``run`` (which returns the number of images it handled)."""
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        count = run()
-        rates.append(count / (time.perf_counter() - start))
-    return rates
 
 
 def main() -> None:

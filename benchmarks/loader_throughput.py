@@ -20,16 +20,14 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import PIL
 import torch
+from record import summary, timed
 from torch.utils.data import DataLoader
 
 from usvl.data.dataset import UltrasoundDataset
@@ -40,22 +38,6 @@ from usvl.data.synthetic import PRESETS
 from usvl.utils.threads import available_cores, configure_threads
 
 RESULTS = Path(__file__).resolve().parent / "results" / "loader_throughput.json"
-
-
-def timed(run: Callable[[], int], repeats: int) -> list[float]:
-    """Images/s of ``repeats`` calls of ``run`` (which returns the number of images it handled)."""
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        count = run()
-        rates.append(count / (time.perf_counter() - start))
-    return rates
-
-
-def summary(rates: list[float]) -> dict[str, float | list[float]]:
-    """Median, min and max of a list of rates (rounded), with the raw values."""
-    return {"median": round(statistics.median(rates), 1), "min": round(min(rates), 1), "max": round(max(rates), 1),
-            "runs": [round(r, 1) for r in rates]}
 
 
 def main() -> None:
@@ -104,7 +86,8 @@ def main() -> None:
 
     epoch()
     epochs = timed(epoch, options.repeats)
-    results = {"decode": summary(decode), "disk_cache": summary(cached), "epoch_in_memory": summary(epochs)}
+    results = {"decode": summary(decode, digits=1), "disk_cache": summary(cached, digits=1),
+               "epoch_in_memory": summary(epochs, digits=1)}
     ratios = {
         "disk_cache_over_decode": round(results["disk_cache"]["median"] / results["decode"]["median"], 1),
         "epoch_over_decode": round(results["epoch_in_memory"]["median"] / results["decode"]["median"], 1),

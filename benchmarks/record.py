@@ -13,7 +13,9 @@ import shlex
 import statistics
 import subprocess
 import sys
+import time
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,16 @@ def run_in_process(threads: int) -> None:
     os.environ["USVL_THREADS"] = str(threads)
     keep_freed_memory()
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+
+
+def timed(run: Callable[[], int], repeats: int) -> list[float]:
+    """Images/s of ``repeats`` calls of ``run`` (which returns the number of images it handled)."""
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        count = run()
+        rates.append(count / (time.perf_counter() - start))
+    return rates
 
 
 def summary(values: list[float], digits: int = 3) -> dict[str, Any]:
