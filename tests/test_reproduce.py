@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -169,6 +171,7 @@ def test_aggregation_tables_and_plots(finished_grid: dict) -> None:
     table = (output / "table.md").read_text()
     assert "## main: classification" in table and "## seg: segmentation" in table
     assert "| thyroid_seg | linear_probe | 2/2 |" in table
+    assert "## Headline" in table and "| thyroid_seg | Dice |" in table
     frame = pd.read_csv(output / "table.csv")
     seg = frame[(frame.block == "seg")].iloc[0]
     assert seg.seeds_done == 2 and seg.dice_ci_low <= seg.dice_ci_high
@@ -215,3 +218,26 @@ def test_bootstrap_interval_narrows_with_more_images() -> None:
     small = bootstrap_interval([cases(40)], "classification", ["a", "b"], resamples=300)["auroc"]
     large = bootstrap_interval([cases(1000)], "classification", ["a", "b"], resamples=300)["auroc"]
     assert small[0] < small[1] and (large[1] - large[0]) < (small[1] - small[0]) / 2
+
+
+def test_headline_bolds_the_best_complete_row_only() -> None:
+    from usvl.reproduce.aggregate import CellSummary, headline_lines
+
+    def cell(dataset: str, method: str, task: str, means: list[float], planned: int = 2,
+             fraction: float = 100.0) -> CellSummary:
+        metric = "auroc" if task == "classification" else "dice"
+        summary = CellSummary("main", dataset, method, task, fraction, planned, records=[object()] * len(means))
+        summary.mean[metric] = sum(means) / len(means)
+        summary.std[metric] = float(np.std(means, ddof=1)) if len(means) > 1 else math.nan
+        return summary
+
+    lines = headline_lines([
+        cell("thyroid_cls", "mona", "classification", [0.80, 0.82]),
+        cell("thyroid_cls", "unet", "classification", [0.85, 0.87]),
+        cell("breast_seg", "mona", "segmentation", [0.70, 0.72]),
+        cell("breast_seg", "unet", "segmentation", [0.90], planned=2),
+    ])
+    assert lines[2] == "| Dataset | Metric | mona | unet |"
+    assert lines[4] == "| thyroid_cls | AUROC | 0.810 ± 0.014 | **0.860 ± 0.014** |"
+    # unet has 1 of its 2 seeds: no winner is named in that row
+    assert lines[5] == "| breast_seg | Dice | 0.710 ± 0.014 | 0.900 (1/2 seeds) |"

@@ -30,6 +30,9 @@ METRIC_LABELS = {"accuracy": "Accuracy", "auroc": "AUROC", "f1": "F1", "sensitiv
 
 LOWER_IS_BETTER = {"hd95_lesion", "asd_lesion"}
 
+HEADLINE_METRIC = {"classification": "auroc", "segmentation": "dice"}
+"""The one metric per task that the headline table compares methods on."""
+
 
 def task_metrics(task: str) -> tuple[str, ...]:
     """The table's metrics of a task."""
@@ -149,6 +152,53 @@ def fraction_label(fraction: float) -> str:
     return f"{fraction:g} %"
 
 
+def headline_lines(summaries: list[CellSummary]) -> list[str]:
+    """Markdown of one table per block: a row per dataset (and training fraction), a column per method.
+
+    Each value is the task's headline metric (:data:`HEADLINE_METRIC`), mean ± std over seeds; the best mean of a
+    row is bold. A row compares methods only where every method has every planned seed: otherwise its values carry
+    the seeds done (``n/m``) and nothing is bold.
+    """
+    lines: list[str] = []
+    for block in dict.fromkeys(s.block for s in summaries):
+        rows = [s for s in summaries if s.block == block]
+        methods = list(dict.fromkeys(s.method for s in rows))
+        show_fraction = len({s.fraction for s in rows}) > 1
+        lines += [f"### {block}", "",
+                  "| " + " | ".join(["Dataset", "Metric", *(["Train data"] if show_fraction else []), *methods])
+                  + " |", "|" + "---|" * (2 + show_fraction + len(methods))]
+        for (dataset, fraction), cells in _group(rows).items():
+            metric = HEADLINE_METRIC[cells[0].task]
+            by_method = {s.method: s for s in cells}
+            complete = len(by_method) == len(methods) and all(s.complete and metric in s.mean for s in cells)
+            best = max(by_method.values(), key=lambda s: s.mean[metric]).method if complete else None
+            values = []
+            for method in methods:
+                cell = by_method.get(method)
+                if cell is None or metric not in cell.mean:
+                    values.append("—")
+                    continue
+                text = f"{cell.mean[metric]:.3f}"
+                if not math.isnan(cell.std.get(metric, math.nan)):
+                    text += f" ± {cell.std[metric]:.3f}"
+                if not cell.complete:
+                    text += f" ({len(cell.records)}/{cell.seeds_planned} seeds)"
+                values.append(f"**{text}**" if method == best else text)
+            lines.append("| " + " | ".join([dataset, METRIC_LABELS[metric],
+                                             *([fraction_label(fraction)] if show_fraction else []), *values]) + " |")
+        lines.append("")
+    return lines
+
+
+def _group(rows: list[CellSummary]) -> dict[tuple[str, float], list[CellSummary]]:
+    """Cells by (dataset, fraction), datasets in grid order, fractions ascending."""
+    groups: dict[tuple[str, float], list[CellSummary]] = {}
+    for s in rows:
+        groups.setdefault((s.dataset, s.fraction), []).append(s)
+    order = list(dict.fromkeys(s.dataset for s in rows))
+    return dict(sorted(groups.items(), key=lambda item: (order.index(item[0][0]), item[0][1])))
+
+
 def markdown_table(grid: Grid, summaries: list[CellSummary], command: str) -> str:
     """The results as Markdown: one table per block and task, per-class rows for 3 classes, missing runs."""
     lines = [f"# Results of grid `{grid.name}`", ""]
@@ -162,7 +212,11 @@ def markdown_table(grid: Grid, summaries: list[CellSummary], command: str) -> st
               "", "Each value: mean ± standard deviation over seeds [95 % bootstrap interval over test images of the "
               "seed mean]. HD95 and ASD are over test images with a lesion, in pixels of the 224 px input (lower is "
               "better). Trainable parameters and training time (minutes, wall clock, shared 2-core machine unless "
-              "noted) are means over seeds.", ""]
+              "noted) are means over seeds.", "",
+              "## Headline", "",
+              "Test AUROC (classification) and Dice (segmentation), mean ± std over seeds; bold: the best mean of a "
+              "row where every method has all its seeds. The full tables follow.", "",
+              *headline_lines(summaries)]
     for block in dict.fromkeys(s.block for s in summaries):
         for task in ("classification", "segmentation"):
             rows = [s for s in summaries if s.block == block and s.task == task]
