@@ -19,6 +19,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 if str(BENCHMARKS) not in sys.path:
     sys.path.append(str(BENCHMARKS))
 
+import ece_noise_floor  # noqa: E402
 import predict as predict_benchmark  # noqa: E402
 import train_throughput  # noqa: E402
 from train_throughput import Case  # noqa: E402
@@ -102,3 +103,15 @@ def test_predict_compares_the_checkpoint_with_its_onnx_export(thyroid_cls_fit, t
     assert result["ratio"]["runs"] == [pytest.approx(speeds["onnx"]["median"] / speeds["pytorch"]["median"],
                                                      rel=1e-3)]
     assert all(result["wall_images_per_s"][way]["median"] < speeds[way]["median"] for way in speeds)
+
+
+def test_ece_noise_floor_shrinks_with_more_images_and_stays_under_a_miscalibrated_ece():
+    generator = np.random.default_rng(1)
+    small = np.median(ece_noise_floor.simulated_ece(generator.uniform(0.05, 0.95, 200), draws=200))
+    large = np.median(ece_noise_floor.simulated_ece(generator.uniform(0.05, 0.95, 5000), draws=50))
+    assert large < small / 3  # sampling noise falls like 1 / sqrt(n)
+    positive = generator.uniform(0.05, 0.95, 500)
+    labels = torch.from_numpy((generator.random(500) < positive ** 2).astype(np.int64))  # probabilities too high
+    from usvl.metrics.calibration import expected_calibration_error
+    measured = expected_calibration_error(torch.from_numpy(np.stack([1 - positive, positive], 1)), labels)
+    assert measured > np.quantile(ece_noise_floor.simulated_ece(positive, draws=200), 0.99)
