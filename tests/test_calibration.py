@@ -20,6 +20,7 @@ from usvl.metrics.calibration import (
     expected_calibration_error,
     fit_calibration,
     fit_temperature,
+    fit_temperature_and_bias,
     reliability_bins,
     sensitivity_threshold,
     youden_threshold,
@@ -232,3 +233,48 @@ def test_store_calibration_keeps_the_rest_of_the_checkpoint(tmp_path):
     assert stored["usvl"] == {"class_names": ["a", "b"], "calibration": RECORD}
     assert torch.equal(stored["state_dict"]["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["model.ckpt"]
+
+
+def _labels_drawn_with_bias(logits: torch.Tensor, temperature: float, bias: list[float], seed: int = 0):
+    probabilities = calibrated_probabilities(logits, temperature, bias)
+    return torch.multinomial(probabilities, 1, generator=torch.Generator().manual_seed(seed)).squeeze(1)
+
+
+@pytest.mark.parametrize(("true_temperature", "true_bias"), [(1.6, [0.0, 0.8]), (0.7, [0.0, -0.6, 0.5])])
+def test_fit_temperature_and_bias_recovers_both(true_temperature, true_bias):
+    logits = 3.0 * torch.randn(8000, len(true_bias), generator=torch.Generator().manual_seed(len(true_bias)))
+    labels = _labels_drawn_with_bias(logits, true_temperature, true_bias)
+    temperature, bias = fit_temperature_and_bias(logits, labels)
+    assert temperature == pytest.approx(true_temperature, rel=0.08)
+    assert bias[0] == 0.0 and bias[1:] == pytest.approx(true_bias[1:], abs=0.12)
+    expected = (logits / true_temperature + torch.tensor(true_bias)).softmax(-1)
+    assert torch.allclose(calibrated_probabilities(logits, true_temperature, true_bias), expected, atol=1e-6)
+
+
+def test_temperature_bias_scaling_corrects_probabilities_that_are_too_high():
+    logits = 3.0 * torch.randn(3000, 2, generator=torch.Generator().manual_seed(11))
+    labels = _labels_drawn_with_bias(logits, 2.0, [0.0, -1.0])  # the model's positive scores are too high
+    plain = fit_calibration(logits, labels)
+    biased = fit_calibration(logits, labels, scaling="temperature_bias")
+    assert plain["scaling"] == "temperature" and plain["bias"] is None
+    assert biased["scaling"] == "temperature_bias" and biased["bias"][1] < -0.5
+    assert biased["validation"]["ece"] < plain["validation"]["ece"]
+    assert biased["validation"]["nll"] < plain["validation"]["nll"]
+    with pytest.raises(ValueError, match="scaling"):
+        fit_calibration(logits, labels, scaling="isotonic")
+    with pytest.raises(ValueError, match="scaling"):
+        Calibration(scaling="isotonic")
+
+
+def test_the_task_and_its_onnx_graph_apply_the_stored_bias():
+    from usvl.export.graph import ClassificationGraph
+
+    task, batch = _task(test_time_flip=True), _batch()
+    task.calibration = {**RECORD, "temperature": 0.5, "bias": [0.0, -2.0], "scaling": "temperature_bias"}
+    with torch.no_grad():
+        logits = torch.stack([task(batch["image"]), task(batch["image"].flip(-1))]).float()
+        expected = calibrated_probabilities(logits, 0.5, [0.0, -2.0])
+        assert not torch.allclose(expected, calibrated_probabilities(logits, 0.5), atol=1e-3)
+        assert torch.allclose(task.predict_step(batch, 0)["probabilities"], expected, atol=1e-6)
+        _, graph_probabilities = ClassificationGraph(task)(batch["image"])
+    assert torch.allclose(graph_probabilities, expected, atol=1e-5)

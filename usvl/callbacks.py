@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from usvl.data.decode import grey_array, open_image
-from usvl.metrics.calibration import THRESHOLD_METHODS, fit_calibration
+from usvl.metrics.calibration import SCALINGS, THRESHOLD_METHODS, fit_calibration
 from usvl.utils.atomic import atomic_output, write_json_atomic, write_new
 
 log = logging.getLogger(__name__)
@@ -495,13 +495,18 @@ class Calibration(Callback):
             validation sensitivity reaches ``target_sensitivity``).
         target_sensitivity: The sensitivity the ``sensitivity`` method must reach, e.g. 0.9 for screening.
         diagram: Write the reliability diagram after test.
+        scaling: ``temperature`` (one temperature) or ``temperature_bias`` (a temperature and a bias per class,
+            :func:`~usvl.metrics.calibration.fit_temperature_and_bias`).
 
     Raises:
-        ValueError: Unknown ``threshold`` method, or ``target_sensitivity`` outside (0, 1].
+        ValueError: Unknown ``threshold`` method or ``scaling``, or ``target_sensitivity`` outside (0, 1].
     """
 
     def __init__(self, enabled: bool = True, threshold: Literal["youden", "sensitivity"] = "youden",
-                 target_sensitivity: float = 0.9, diagram: bool = True) -> None:
+                 target_sensitivity: float = 0.9, diagram: bool = True,
+                 scaling: Literal["temperature", "temperature_bias"] = "temperature") -> None:
+        if scaling not in SCALINGS:
+            raise ValueError(f"calibration.scaling must be one of {list(SCALINGS)}, got {scaling!r}")
         if threshold not in THRESHOLD_METHODS:
             raise ValueError(f"calibration.threshold must be one of {list(THRESHOLD_METHODS)}, got {threshold!r}")
         if not 0.0 < target_sensitivity <= 1.0:
@@ -510,6 +515,7 @@ class Calibration(Callback):
         self.threshold = threshold
         self.target_sensitivity = target_sensitivity
         self.diagram = diagram
+        self.scaling = scaling
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Fit and store the calibration on the validation split with the best checkpoint's weights."""
@@ -531,15 +537,16 @@ class Calibration(Callback):
         if labels.numel() == 0:
             log.warning("Calibration skipped: no validation batches")
             return
-        record = fit_calibration(logits, labels, self.threshold, self.target_sensitivity)
+        record = fit_calibration(logits, labels, self.threshold, self.target_sensitivity, self.scaling)
         record["checkpoint"] = Path(best).name if best else None
         pl_module.calibration = record
         if best and trainer.is_global_zero:
             store_calibration(best, record)
         trainer.strategy.barrier("usvl-calibration")
         threshold = record["threshold"]
-        log.info("Calibration on %d validation images: temperature %.3f, threshold %s (%s); validation ECE %.4f -> "
-                 "%.4f%s", record["validation_images"], record["temperature"],
+        log.info("Calibration on %d validation images: temperature %.3f%s, threshold %s (%s); validation ECE %.4f "
+                 "-> %.4f%s", record["validation_images"], record["temperature"],
+                 "" if record["bias"] is None else ", class biases " + ", ".join(f"{b:+.3f}" for b in record["bias"]),
                  "argmax" if threshold is None else f"{threshold:.4f}", record["threshold_method"],
                  record["validation"]["ece_uncalibrated"], record["validation"]["ece"],
                  f"; stored in {best}" if best else " (no checkpoint to store it in)")

@@ -46,6 +46,9 @@ class ClassificationGraph(nn.Module):
         self.task = task
         self.test_time_flip = bool(task.test_time_flip)
         self.temperature = float(getattr(task, "temperature", 1.0))
+        bias = getattr(task, "calibration_bias", None)
+        self.register_buffer("bias", None if bias is None else torch.tensor(bias, dtype=torch.float32),
+                             persistent=False)
         text = task.class_text().detach().float() if task.uses_text else None
         self.register_buffer("class_text", text, persistent=False)
 
@@ -63,8 +66,9 @@ class ClassificationGraph(nn.Module):
         return logits.float(), probabilities
 
     def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
-        """Float logits divided by the temperature (left as they are at T = 1)."""
-        return logits.float() if self.temperature == 1.0 else logits.float() / self.temperature
+        """Float logits divided by the temperature, plus the class biases when stored (as they are otherwise)."""
+        logits = logits.float() if self.temperature == 1.0 else logits.float() / self.temperature
+        return logits if self.bias is None else logits + self.bias
 
 
 class SegmentationGraph(nn.Module):

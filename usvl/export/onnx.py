@@ -164,10 +164,11 @@ def export_metadata(task: AdaptedEncoderTask, image_size: tuple[int, int], check
     }
     if kind == "classification":
         metadata["outputs"] = ("logits: float32 [batch, classes]; probabilities: float32 [batch, classes], "
-                               "softmax(logits / temperature)")
+                               "softmax(logits / temperature + bias)")
         metadata["test_time_flip"] = json.dumps(bool(task.test_time_flip))
         calibration = getattr(task, "calibration", None)
         metadata["temperature"] = repr(float(getattr(task, "temperature", 1.0)))
+        metadata["bias"] = json.dumps(getattr(task, "calibration_bias", None))
         metadata["decision_threshold"] = json.dumps(getattr(task, "decision_threshold", None))
         if calibration:
             metadata["calibration"] = json.dumps(calibration)

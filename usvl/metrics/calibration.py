@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,6 +32,11 @@ log = logging.getLogger(__name__)
 
 ECE_BINS = 15
 """Bins of the expected calibration error and of the reliability diagram."""
+
+SCALINGS = ("temperature", "temperature_bias")
+"""How validation logits are rescaled: one temperature (Guo et al., 2017), or a temperature and a bias per class
+(bias-corrected temperature scaling, Alexandari et al., 2020: ``softmax(logits / T + b)`` with ``b_0 = 0``; with two
+classes this is Platt scaling of the logit difference)."""
 
 THRESHOLD_METHODS = ("youden", "sensitivity")
 """How the binary decision threshold is chosen on validation (see :func:`choose_threshold`)."""
@@ -52,21 +58,28 @@ def views(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def calibrated_probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Class probabilities ``[B, K]``: ``softmax(logits / temperature)`` averaged over the views.
+def calibrated_probabilities(logits: torch.Tensor, temperature: float = 1.0,
+                             bias: Sequence[float] | None = None) -> torch.Tensor:
+    """Class probabilities ``[B, K]``: ``softmax(logits / temperature + bias)`` averaged over the views.
 
-    With ``temperature == 1`` the logits are not divided, so the probabilities are bit for bit those of a plain
-    softmax (and flip average).
+    With ``temperature == 1`` and no ``bias`` the logits are left as they are, so the probabilities are bit for bit
+    those of a plain softmax (and flip average).
     """
     logits = views(logits).float()
     if temperature != 1.0:
         logits = logits / temperature
+    if bias is not None:
+        logits = logits + torch.as_tensor(bias, dtype=logits.dtype, device=logits.device)
     return logits.softmax(dim=-1).mean(dim=0)
 
 
-def _log_probabilities(logits: torch.Tensor, log_temperature: torch.Tensor) -> torch.Tensor:
-    """``log(mean_v softmax(logits_v / T))`` ``[B, K]``, computed stably from log-softmaxes."""
-    log_softmax = (logits / log_temperature.exp()).log_softmax(dim=-1)
+def _log_probabilities(logits: torch.Tensor, log_temperature: torch.Tensor,
+                       bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``log(mean_v softmax(logits_v / T + b))`` ``[B, K]``, computed stably from log-softmaxes."""
+    scaled = logits / log_temperature.exp()
+    if bias is not None:
+        scaled = scaled + bias
+    log_softmax = scaled.log_softmax(dim=-1)
     return torch.logsumexp(log_softmax, dim=0) - math.log(logits.shape[0])
 
 
@@ -105,6 +118,54 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     optimizer.step(closure)
     value = float(log_temperature.detach().clamp(low, high))
     return math.exp(value) if math.isfinite(value) else 1.0
+
+
+def fit_temperature_and_bias(logits: torch.Tensor, labels: torch.Tensor,
+                             max_iter: int = 100) -> tuple[float, list[float]]:
+    """The temperature and class biases that minimise the validation NLL (bias-corrected temperature scaling).
+
+    ``softmax(logits / T + b)`` with ``b_0 = 0`` (the other ``K - 1`` biases are free), fitted by L-BFGS on
+    ``(log T, b)`` from ``(0, 0)`` in float64. Unlike the temperature alone it moves the binary scores (a shift of the
+    logit difference), so it can correct probabilities that are too high or too low on average; it keeps their
+    ranking.
+
+    Args:
+        logits: Validation logits ``[B, K]`` or ``[V, B, K]``.
+        labels: Class indices ``[B]``.
+        max_iter: L-BFGS iterations.
+
+    Returns:
+        The temperature (within :data:`TEMPERATURE_RANGE`) and the ``K`` biases (the first is 0).
+
+    Raises:
+        ValueError: No logits, or logits and labels of different lengths.
+    """
+    logits = views(logits).detach().double().cpu()
+    labels = labels.detach().long().cpu()
+    if logits.shape[1] == 0 or logits.shape[1] != labels.shape[0]:
+        raise ValueError(f"fit_temperature_and_bias needs as many logits as labels (got {logits.shape[1]} and "
+                         f"{labels.shape[0]})")
+    low, high = (math.log(bound) for bound in TEMPERATURE_RANGE)
+    log_temperature = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    free_bias = torch.zeros(logits.shape[-1] - 1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_temperature, free_bias], lr=0.5, max_iter=max_iter,
+                                  line_search_fn="strong_wolfe")
+
+    def bias() -> torch.Tensor:
+        return torch.cat([free_bias.new_zeros(1), free_bias])
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.nll_loss(_log_probabilities(logits, log_temperature.clamp(low, high), bias()), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    value = float(log_temperature.detach().clamp(low, high))
+    biases = [float(b) for b in bias().detach()]
+    if not math.isfinite(value) or not all(math.isfinite(b) for b in biases):
+        return 1.0, [0.0] * logits.shape[-1]
+    return math.exp(value), biases
 
 
 def negative_log_likelihood(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
@@ -290,8 +351,9 @@ class CalibrationMetrics(Metric):
 
 def fit_calibration(logits: torch.Tensor, labels: torch.Tensor,
                     method: Literal["youden", "sensitivity"] = "youden",
-                    target_sensitivity: float = 0.9) -> dict[str, object]:
-    """Fit the temperature and, with two classes, choose the decision threshold on validation logits.
+                    target_sensitivity: float = 0.9,
+                    scaling: Literal["temperature", "temperature_bias"] = "temperature") -> dict[str, object]:
+    """Fit the temperature (and biases) and, with two classes, choose the decision threshold on validation logits.
 
     Args:
         logits: Validation logits ``[B, K]`` or ``[V, B, K]``.
@@ -299,23 +361,31 @@ def fit_calibration(logits: torch.Tensor, labels: torch.Tensor,
         method: ``youden`` (the cut with the highest sensitivity + specificity) or ``sensitivity`` (the highest
             threshold reaching ``target_sensitivity``), on the calibrated class-1 probability.
         target_sensitivity: The sensitivity the ``sensitivity`` method must reach.
+        scaling: ``temperature`` or ``temperature_bias`` (:data:`SCALINGS`).
 
     Returns:
-        The calibration record: ``temperature``; ``threshold`` (``None`` with more than two classes, where the
-        decision is the argmax; 0.5 when the validation labels hold one class only) and ``threshold_method``
-        (``youden``, ``sensitivity``, ``argmax`` or ``default``); ``target_sensitivity`` (sensitivity method only);
-        ``validation_images``; ``validation``: NLL, ECE and Brier score before (``*_uncalibrated``) and after
-        calibration, and the accuracy, sensitivity and specificity at the threshold.
+        The calibration record: ``scaling``, ``temperature`` and ``bias`` (``None`` for ``temperature``);
+        ``threshold`` (``None`` with more than two classes, where the decision is the argmax; 0.5 when the
+        validation labels hold one class only) and ``threshold_method`` (``youden``, ``sensitivity``, ``argmax`` or
+        ``default``); ``target_sensitivity`` (sensitivity method only); ``validation_images``; ``validation``: NLL,
+        ECE and Brier score before (``*_uncalibrated``) and after calibration, and the accuracy, sensitivity and
+        specificity at the threshold.
 
     Raises:
-        ValueError: Unknown method, or a target sensitivity outside (0, 1].
+        ValueError: Unknown method or scaling, or a target sensitivity outside (0, 1].
     """
+    if scaling not in SCALINGS:
+        raise ValueError(f"Unknown scaling {scaling!r}; choose one of {list(SCALINGS)}")
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"Unknown threshold method {method!r}; choose one of {list(THRESHOLD_METHODS)}")
     if method == "sensitivity" and not 0.0 < target_sensitivity <= 1.0:
         raise ValueError(f"target sensitivity must lie in (0, 1], got {target_sensitivity}")
-    temperature = fit_temperature(logits, labels)
-    calibrated = calibrated_probabilities(logits.cpu(), temperature)
+    bias: list[float] | None = None
+    if scaling == "temperature_bias":
+        temperature, bias = fit_temperature_and_bias(logits, labels)
+    else:
+        temperature = fit_temperature(logits, labels)
+    calibrated = calibrated_probabilities(logits.cpu(), temperature, bias)
     plain = calibrated_probabilities(logits.cpu())
     labels = labels.cpu().long()
     threshold: float | None = None
@@ -330,6 +400,7 @@ def fit_calibration(logits: torch.Tensor, labels: torch.Tensor,
     validation.update(nll_uncalibrated=negative_log_likelihood(plain, labels),
                       ece_uncalibrated=expected_calibration_error(plain, labels),
                       brier_uncalibrated=brier_score(plain, labels))
-    return {"temperature": temperature, "threshold": threshold, "threshold_method": how,
+    return {"scaling": scaling, "temperature": temperature, "bias": bias, "threshold": threshold,
+            "threshold_method": how,
             "target_sensitivity": target_sensitivity if method == "sensitivity" else None,
             "validation_images": int(labels.numel()), "validation": validation}

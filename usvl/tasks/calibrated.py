@@ -94,6 +94,12 @@ class CalibratedClassifier(AdaptedEncoderTask):
         return float((self.calibration or {}).get("temperature") or 1.0)
 
     @property
+    def calibration_bias(self) -> list[float] | None:
+        """The stored class biases (``temperature_bias`` scaling; ``None`` otherwise)."""
+        bias = (self.calibration or {}).get("bias")
+        return None if bias is None else [float(b) for b in bias]
+
+    @property
     def decision_threshold(self) -> float | None:
         """The stored threshold on the class-1 probability (``None``: no record, or more than two classes)."""
         threshold = (self.calibration or {}).get("threshold")
@@ -111,7 +117,9 @@ class CalibratedClassifier(AdaptedEncoderTask):
 
     def predict_probabilities(self, images: torch.Tensor, calibrated: bool = False) -> torch.Tensor:
         """Class probabilities ``[B, K]`` (flip-averaged with ``test_time_flip``), calibrated when asked."""
-        return calibrated_probabilities(self.view_logits(images), self.temperature if calibrated else 1.0)
+        if not calibrated:
+            return calibrated_probabilities(self.view_logits(images))
+        return calibrated_probabilities(self.view_logits(images), self.temperature, self.calibration_bias)
 
     def decide(self, probabilities: torch.Tensor) -> torch.Tensor:
         """Predicted classes ``[B]``: class 1 when ``p_1 >= decision_threshold`` (two classes), else the argmax."""
@@ -131,7 +139,8 @@ class CalibratedClassifier(AdaptedEncoderTask):
         probabilities = calibrated_probabilities(logits)
         loss = self.loss(probabilities.clamp_min(1e-8).log(), labels)
         if stage == "test":
-            self.test_calibration.update(calibrated_probabilities(logits, self.temperature), probabilities, labels)
+            self.test_calibration.update(calibrated_probabilities(logits, self.temperature, self.calibration_bias),
+                                         probabilities, labels)
         return StepOutput(loss, probabilities[:, 1] if self.num_classes == 2 else probabilities, labels)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
