@@ -24,7 +24,9 @@ SHIFT_GRIDS = sorted((CONFIGS / "shift").glob("*.yaml"))
 def test_shipped_shift_grids_expand_and_their_test_sets_resolve(path: Path) -> None:
     grid = load_grid(path)
     assert grid.output.parts[:2] == ("results", "shift")
-    assert {cell.method for cell in grid.cells} == {"shipped", "acquisition_augment"}
+    methods = {cell.method for cell in grid.cells}
+    assert methods == ({"shipped", "acquisition_augment", "bias_calibration"} if path.stem == "thyroid"
+                       else {"shipped", "acquisition_augment"})
     assert sorted(cell.seed for cell in grid.cells if cell.method == "shipped") == [1, 2, 3]
     assert set(grid.test_sets) == {"in_domain", *ACQUISITIONS}
     assert grid.test_sets["in_domain"]["args"] == ()
@@ -34,6 +36,13 @@ def test_shipped_shift_grids_expand_and_their_test_sets_resolve(path: Path) -> N
     assert resolved["data"]["init_args"]["acquisition_augment"]["class_path"] == "usvl.data.AcquisitionAugment"
     shipped = next(cell for cell in grid.cells if cell.method == "shipped")
     assert yaml.safe_load(resolve_config(shipped.args))["data"]["init_args"]["acquisition_augment"] is None
+    shipped_resolved = yaml.safe_load(resolve_config(shipped.args))
+    assert shipped_resolved["calibration"]["scaling"] == "temperature"
+    if "bias_calibration" in methods:
+        biased = next(cell for cell in grid.cells if cell.method == "bias_calibration")
+        resolved = yaml.safe_load(resolve_config(biased.args))
+        assert resolved["calibration"]["scaling"] == "temperature_bias"
+        assert resolved["model"] == shipped_resolved["model"]  # the same models, calibrated otherwise
 
 
 def test_test_sets_are_checked(tmp_path: Path) -> None:
