@@ -100,24 +100,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     Raises:
         ValueError: No logits, or logits and labels of different lengths.
     """
-    logits = views(logits).detach().double().cpu()
-    labels = labels.detach().long().cpu()
-    if logits.shape[1] == 0 or logits.shape[1] != labels.shape[0]:
-        raise ValueError(f"fit_temperature needs as many logits as labels (got {logits.shape[1]} and "
-                         f"{labels.shape[0]})")
-    low, high = (math.log(bound) for bound in TEMPERATURE_RANGE)
-    log_temperature = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_temperature], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = F.nll_loss(_log_probabilities(logits, log_temperature.clamp(low, high)), labels)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    value = float(log_temperature.detach().clamp(low, high))
-    return math.exp(value) if math.isfinite(value) else 1.0
+    return _fit_scaling(logits, labels, max_iter, with_bias=False)[0]
 
 
 def fit_temperature_and_bias(logits: torch.Tensor, labels: torch.Tensor,
@@ -140,19 +123,25 @@ def fit_temperature_and_bias(logits: torch.Tensor, labels: torch.Tensor,
     Raises:
         ValueError: No logits, or logits and labels of different lengths.
     """
+    return _fit_scaling(logits, labels, max_iter, with_bias=True)
+
+
+def _fit_scaling(logits: torch.Tensor, labels: torch.Tensor, max_iter: int,
+                 with_bias: bool) -> tuple[float, list[float]]:
+    """Minimise the NLL of ``softmax(logits / T + b)`` over ``log T`` (and ``b``, with ``b_0 = 0``) by L-BFGS."""
     logits = views(logits).detach().double().cpu()
     labels = labels.detach().long().cpu()
     if logits.shape[1] == 0 or logits.shape[1] != labels.shape[0]:
-        raise ValueError(f"fit_temperature_and_bias needs as many logits as labels (got {logits.shape[1]} and "
+        raise ValueError(f"Calibration needs as many logits as labels (got {logits.shape[1]} and "
                          f"{labels.shape[0]})")
     low, high = (math.log(bound) for bound in TEMPERATURE_RANGE)
     log_temperature = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    free_bias = torch.zeros(logits.shape[-1] - 1, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_temperature, free_bias], lr=0.5, max_iter=max_iter,
-                                  line_search_fn="strong_wolfe")
+    free_bias = torch.zeros(logits.shape[-1] - 1 if with_bias else 0, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_temperature, free_bias] if with_bias else [log_temperature], lr=0.5,
+                                  max_iter=max_iter, line_search_fn="strong_wolfe")
 
-    def bias() -> torch.Tensor:
-        return torch.cat([free_bias.new_zeros(1), free_bias])
+    def bias() -> torch.Tensor | None:
+        return torch.cat([free_bias.new_zeros(1), free_bias]) if with_bias else None
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -162,7 +151,7 @@ def fit_temperature_and_bias(logits: torch.Tensor, labels: torch.Tensor,
 
     optimizer.step(closure)
     value = float(log_temperature.detach().clamp(low, high))
-    biases = [float(b) for b in bias().detach()]
+    biases = [float(b) for b in bias().detach()] if with_bias else [0.0] * logits.shape[-1]
     if not math.isfinite(value) or not all(math.isfinite(b) for b in biases):
         return 1.0, [0.0] * logits.shape[-1]
     return math.exp(value), biases
