@@ -63,7 +63,6 @@ def _precedence(line: str) -> int:
     return len(SCOPES)
 
 
-
 def uv_arguments(settings: dict[str, list[str]]) -> list[str]:
     """Turn pip's settings into ``uv pip install`` options that resolve the same way.
 
@@ -86,7 +85,8 @@ def install_with_uv(venv: Path, requirement: str) -> bool:
     if not uv.exists():
         got_uv = subprocess.run([str(pip), "install", "--quiet", "uv"], capture_output=True, text=True)
         if got_uv.returncode != 0:
-            print(f"install_venv: could not install uv ({got_uv.stderr.strip().splitlines()[-1:]}); "
+            reason = (got_uv.stderr.strip().splitlines() or ["no message"])[-1]
+            print(f"install_venv: could not install uv ({reason}); "
                   "installing with pip instead (about 2.5 minutes)", file=sys.stderr)
             return False
     settings = pip_settings(pip)
@@ -120,8 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     if not (options.venv / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(options.venv)], check=True)
     requirement = f".[{options.extras}]" if options.extras else "."
-    if options.installer == "pip" or not install_with_uv(options.venv, requirement):
-        install_with_pip(options.venv, requirement)
+    try:
+        if options.installer == "pip" or not install_with_uv(options.venv, requirement):
+            install_with_pip(options.venv, requirement)
+    except subprocess.CalledProcessError as error:
+        print(f"install_venv: `{shlex.join(str(part) for part in error.cmd)}` failed with exit status "
+              f"{error.returncode} (its output is above). USVL_INSTALLER=pip tries pip alone; delete "
+              f"{options.venv} to start over.", file=sys.stderr)
+        return error.returncode or 1
     print(f"install_venv: {requirement} installed into {options.venv} in {time.perf_counter() - start:.0f} s")
     return 0
 
