@@ -1,6 +1,6 @@
 """Create the project's virtual environment and install usvl into it (``make install``).
 
-Usage: ``python3 scripts/install_venv.py VENV [--extras dev] [--installer uv|pip]``
+Usage: ``python3 scripts/install_venv.py VENV [--extras dev] [--installer uv|pip] [--bytecode all|lazy]``
 
 The default installer is uv (``uv pip install``), put into the venv by pip first: it installs the ~6 GB torch
 stack with bytecode compiled in about a third of pip's time (BENCHMARKS.md, "make demo on a fresh clone"). It resolves
@@ -9,6 +9,12 @@ find-links, constraints and certificate from ``pip config list`` (files and ``PI
 best version across all indexes as pip does. ``--installer pip`` (or ``USVL_INSTALLER=pip``) installs with pip
 alone; when uv cannot be installed, the script says so and uses pip. Only the standard library is used: this runs
 before the venv exists.
+
+``--bytecode all`` (the default, ``make install`` and the test targets) byte-compiles every installed module, about
+19,000 files; ``--bytecode lazy`` (``make demo``, ``make reproduce``) compiles none and leaves it to the first import
+of each module, which writes its ``.pyc`` (the Makefile un-exports ``PYTHONDONTWRITEBYTECODE`` so that it can): a
+training run imports about 4,600 of them, so a first run spends about 14 CPU-seconds compiling instead of the
+install's 70 (BENCHMARKS.md, "make demo on a fresh clone").
 """
 
 from __future__ import annotations
@@ -79,8 +85,8 @@ def uv_arguments(settings: dict[str, list[str]]) -> list[str]:
     return options
 
 
-def install_with_uv(venv: Path, requirement: str) -> bool:
-    """Install ``requirement`` (editable) with uv; False when uv itself could not be installed."""
+def install_with_uv(venv: Path, requirement: str, compile_bytecode: bool = True) -> bool:
+    """Install ``requirement`` (editable) with uv, byte-compiling every module or none; False without uv."""
     pip, uv = venv / "bin" / "pip", venv / "bin" / "uv"
     if not uv.exists():
         got_uv = subprocess.run([str(pip), "install", "--quiet", "uv"], capture_output=True, text=True)
@@ -93,19 +99,20 @@ def install_with_uv(venv: Path, requirement: str) -> bool:
     env = dict(os.environ)
     if settings.get("cert") and "SSL_CERT_FILE" not in env:
         env["SSL_CERT_FILE"] = settings["cert"][0]
-    command = [str(uv), "pip", "install", "--python", str(venv / "bin" / "python"), "--compile-bytecode",
-               *uv_arguments(settings), "-e", requirement]
+    command = [str(uv), "pip", "install", "--python", str(venv / "bin" / "python"),
+               *(["--compile-bytecode"] if compile_bytecode else []), *uv_arguments(settings), "-e", requirement]
     print("+", shlex.join(command), flush=True)
     subprocess.run(command, check=True, env=env)
     return True
 
 
-def install_with_pip(venv: Path, requirement: str) -> None:
+def install_with_pip(venv: Path, requirement: str, compile_bytecode: bool = True) -> None:
     """Install ``requirement`` (editable) with pip, which reads its own settings."""
     pip = str(venv / "bin" / "pip")
     subprocess.run([pip, "install", "--quiet", "--upgrade", "pip"], check=True)
-    print("+", shlex.join([pip, "install", "-e", requirement]), flush=True)
-    subprocess.run([pip, "install", "-e", requirement], check=True)
+    command = [pip, "install", *([] if compile_bytecode else ["--no-compile"]), "-e", requirement]
+    print("+", shlex.join(command), flush=True)
+    subprocess.run(command, check=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,20 +122,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extras", default="dev", help="comma-separated extras of usvl to install (default: dev)")
     parser.add_argument("--installer", choices=("uv", "pip"), default=os.environ.get("USVL_INSTALLER", "uv"),
                         help="uv (default) or pip; also USVL_INSTALLER")
+    parser.add_argument("--bytecode", choices=("all", "lazy"), default="all",
+                        help="byte-compile every installed module now (default), or none: each on its first import")
     options = parser.parse_args(argv)
     start = time.perf_counter()
     if not (options.venv / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(options.venv)], check=True)
     requirement = f".[{options.extras}]" if options.extras else "."
+    compile_bytecode = options.bytecode == "all"
     try:
-        if options.installer == "pip" or not install_with_uv(options.venv, requirement):
-            install_with_pip(options.venv, requirement)
+        if options.installer == "pip" or not install_with_uv(options.venv, requirement, compile_bytecode):
+            install_with_pip(options.venv, requirement, compile_bytecode)
     except subprocess.CalledProcessError as error:
         print(f"install_venv: `{shlex.join(str(part) for part in error.cmd)}` failed with exit status "
               f"{error.returncode} (its output is above). USVL_INSTALLER=pip tries pip alone; delete "
               f"{options.venv} to start over.", file=sys.stderr)
         return error.returncode or 1
-    print(f"install_venv: {requirement} installed into {options.venv} in {time.perf_counter() - start:.0f} s")
+    lazily = "" if compile_bytecode else " (bytecode compiled on first import)"
+    print(f"install_venv: {requirement} installed into {options.venv}{lazily} in {time.perf_counter() - start:.0f} s")
     return 0
 
 

@@ -45,3 +45,50 @@ def test_uv_gets_every_index_constraint_and_pips_best_match_rule(fake_pip):
     assert ("--find-links", "/home/u/wheels") in pairs
     assert ("--constraint", "/tmp/c.txt") in pairs
     assert "--cert" not in arguments  # the certificate goes to uv as SSL_CERT_FILE, not as an option
+
+
+@pytest.fixture
+def recording_venv(tmp_path, fake_pip):
+    """A venv folder whose pip answers ``config list`` and whose uv and pip record the arguments they get."""
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    log = tmp_path / "calls.txt"
+    for name in ("uv", "pip"):
+        tool = bin_dir / name
+        answer = f"[ \"$1 $2\" = 'config list' ] && exec {fake_pip} \"$@\"\n" if name == "pip" else ""
+        tool.write_text(f"#!/bin/sh\n{answer}echo {name} \"$@\" >> {log}\n")
+        tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+    return tmp_path / "venv", log
+
+
+@pytest.mark.parametrize("compile_bytecode", [True, False])
+def test_uv_compiles_bytecode_only_when_asked(recording_venv, compile_bytecode):
+    venv, log = recording_venv
+    assert install_venv.install_with_uv(venv, ".", compile_bytecode=compile_bytecode)
+    (call,) = log.read_text().splitlines()
+    assert call.startswith("uv pip install ") and call.endswith("-e .")
+    assert ("--compile-bytecode" in call.split()) is compile_bytecode
+
+
+@pytest.mark.parametrize("compile_bytecode", [True, False])
+def test_pip_skips_compiling_only_when_asked(recording_venv, compile_bytecode):
+    venv, log = recording_venv
+    install_venv.install_with_pip(venv, ".[dev]", compile_bytecode=compile_bytecode)
+    install = log.read_text().splitlines()[-1]
+    assert install.startswith("pip install ") and install.endswith("-e .[dev]")
+    assert ("--no-compile" in install.split()) is not compile_bytecode
+
+
+def test_lazy_bytecode_reaches_the_installer(monkeypatch, tmp_path):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").touch()
+    seen = []
+
+    def fake_uv(venv, requirement, compile_bytecode):
+        seen.append((requirement, compile_bytecode))
+        return True
+
+    monkeypatch.setattr(install_venv, "install_with_uv", fake_uv)
+    assert install_venv.main([str(tmp_path), "--extras", "", "--bytecode", "lazy"]) == 0
+    assert install_venv.main([str(tmp_path)]) == 0
+    assert seen == [(".", False), (".[dev]", True)]
