@@ -20,6 +20,7 @@ if str(BENCHMARKS) not in sys.path:
     sys.path.append(str(BENCHMARKS))
 
 import ece_noise_floor  # noqa: E402
+import embedding_collapse  # noqa: E402
 import predict as predict_benchmark  # noqa: E402
 import train_throughput  # noqa: E402
 from train_throughput import Case  # noqa: E402
@@ -115,3 +116,29 @@ def test_ece_noise_floor_shrinks_with_more_images_and_stays_under_a_miscalibrate
     from usvl.metrics.calibration import expected_calibration_error
     measured = expected_calibration_error(torch.from_numpy(np.stack([1 - positive, positive], 1)), labels)
     assert measured > np.quantile(ece_noise_floor.simulated_ece(positive, draws=200), 0.99)
+
+
+def test_collapse_statistics_tell_a_collapsed_batch_from_a_spread_one():
+    generator = torch.Generator().manual_seed(0)
+    spread = torch.randn(16, 8, generator=generator)
+    collapsed = 40 * torch.ones(16, 8) + 0.01 * torch.randn(16, 8, generator=generator)
+    prototypes = torch.stack([torch.ones(8), -torch.ones(8)])
+    healthy = embedding_collapse.collapse_statistics(spread, spread[:, :2], prototypes)
+    stuck = embedding_collapse.collapse_statistics(collapsed, collapsed[:, :2] * 0, prototypes)
+    assert abs(healthy["mean_pair_cosine"]) < 0.2 and stuck["mean_pair_cosine"] > 0.999
+    assert stuck["embedding_norm"] == pytest.approx(40 * 8 ** 0.5, rel=1e-3)
+    assert stuck["logit_spread"] == 0 and healthy["logit_spread"] > 0.5
+    assert healthy["prototype_cosine"] == pytest.approx(-1.0)
+    assert np.isnan(embedding_collapse.collapse_statistics(spread, spread[:, :2], None)["prototype_cosine"])
+
+
+def test_unit_linear_head_logits_do_not_grow_with_the_embedding_norm():
+    from usvl.models.encoders.base import ImageFeatures
+
+    head = embedding_collapse.UnitLinearHead([8], embed_dim=8, num_classes=2)
+    torch.nn.init.normal_(head.linear.weight)
+    embedding = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    prototypes = torch.randn(2, 8, generator=torch.Generator().manual_seed(2))
+    small = head(ImageFeatures(global_embedding=embedding, maps=[]), prototypes)
+    large = head(ImageFeatures(global_embedding=100 * embedding, maps=[]), prototypes)
+    torch.testing.assert_close(small, large)
