@@ -13,7 +13,7 @@ help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 # Two installs into the same venv. Training (demo, reproduce) needs usvl alone, its bytecode compiled as each module is
-# first imported; the dev tools (tests, lint) add the dev extras and compile every module. Python may write those
+# first imported; the dev tools (tests, lint) add the dev extras and compile what they install. Python may write those
 # bytecode caches here even where PYTHONDONTWRITEBYTECODE is set, or every process would compile the stack again.
 RUNTIME := $(VENV)/.usvl-runtime
 DEV := $(VENV)/.usvl-dev

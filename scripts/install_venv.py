@@ -10,11 +10,13 @@ best version across all indexes as pip does. ``--installer pip`` (or ``USVL_INST
 alone; when uv cannot be installed, the script says so and uses pip. Only the standard library is used: this runs
 before the venv exists.
 
-``--bytecode all`` (the default, ``make install`` and the test targets) byte-compiles every installed module, about
-19,000 files; ``--bytecode lazy`` (``make demo``, ``make reproduce``) compiles none and leaves it to the first import
-of each module, which writes its ``.pyc`` (the Makefile un-exports ``PYTHONDONTWRITEBYTECODE`` so that it can): a
-training run imports about 4,600 of them, so a first run spends about 14 CPU-seconds compiling instead of the
-install's 70 (BENCHMARKS.md, "make demo on a fresh clone").
+``--bytecode all`` (the default, ``make install`` and the test targets) byte-compiles the modules this install adds,
+about 19,000 files in a new venv; ``--bytecode lazy`` (``make demo``, ``make reproduce``) compiles none and leaves it
+to the first import of each module, which writes its ``.pyc`` (the Makefile un-exports ``PYTHONDONTWRITEBYTECODE`` so
+that it can): a training run imports about 4,600 of them, so a first run spends about 14 CPU-seconds compiling
+instead of the install's 70 (BENCHMARKS.md, "make demo on a fresh clone"). uv compiles only the packages it installs,
+so after a lazy install a later ``--bytecode all`` compiles the dev extras, and the rest still compiles on first
+import.
 """
 
 from __future__ import annotations
