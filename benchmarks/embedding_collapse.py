@@ -16,10 +16,13 @@ embedding_collapse.UnitLinearHead``) is the variant that feeds the linear classi
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from usvl.models.encoders.base import ImageFeatures
 from usvl.models.heads import PromptSimilarityHead
 
 
@@ -88,9 +91,7 @@ class CollapseMonitor(Callback):
 class UnitLinearHead(PromptSimilarityHead):
     """:class:`PromptSimilarityHead` whose linear classifier reads the unit-normalised image embedding."""
 
-    def forward(self, features, class_text: torch.Tensor) -> torch.Tensor:
-        """Scaled cosine similarity to the prototypes plus a linear classifier of the unit embedding."""
-        image = F.normalize(features.global_embedding, dim=-1)
-        prototypes = F.normalize(class_text, dim=-1)
-        logits = self.log_scale.exp().clamp(max=self.max_scale) * image @ prototypes.t()
-        return logits + self.linear(image) if self.linear is not None else logits
+    def forward(self, features: ImageFeatures, class_text: torch.Tensor) -> torch.Tensor:
+        """The parent's logits, computed from the unit-normalised embedding (the cosine term is unchanged)."""
+        unit = F.normalize(features.global_embedding, dim=-1)
+        return super().forward(dataclasses.replace(features, global_embedding=unit), class_text)
