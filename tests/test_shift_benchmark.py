@@ -25,8 +25,8 @@ def test_shipped_shift_grids_expand_and_their_test_sets_resolve(path: Path) -> N
     grid = load_grid(path)
     assert grid.output.parts[:2] == ("results", "shift")
     methods = {cell.method for cell in grid.cells}
-    assert methods == ({"shipped", "acquisition_augment", "bias_calibration"} if path.stem == "thyroid"
-                       else {"shipped", "acquisition_augment"})
+    thyroid_methods = {"shipped", "acquisition_augment", "bias_calibration", "percentile", "equalise"}
+    assert methods == (thyroid_methods if path.stem == "thyroid" else {"shipped", "acquisition_augment"})
     assert sorted(cell.seed for cell in grid.cells if cell.method == "shipped") == [1, 2, 3]
     assert set(grid.test_sets) == {"in_domain", *ACQUISITIONS}
     assert grid.test_sets["in_domain"]["args"] == ()
@@ -43,6 +43,10 @@ def test_shipped_shift_grids_expand_and_their_test_sets_resolve(path: Path) -> N
         resolved = yaml.safe_load(resolve_config(biased.args))
         assert resolved["calibration"]["scaling"] == "temperature_bias"
         assert resolved["model"] == shipped_resolved["model"]  # the same models, calibrated otherwise
+    assert shipped_resolved["model"]["init_args"]["intensity_standardisation"] == "none"
+    for method in {"percentile", "equalise"} & methods:
+        cell = next(cell for cell in grid.cells if cell.method == method)
+        assert yaml.safe_load(resolve_config(cell.args))["model"]["init_args"]["intensity_standardisation"] == method
 
 
 def test_test_sets_are_checked(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MetricCollection
 
+from usvl.data.intensity import IntensityStandardisation, check_standardisation, standardise_intensity
 from usvl.models.adapters.base import Adapter, NoAdapter
 from usvl.models.encoders.base import VisionLanguageEncoder
 from usvl.models.fold_batch_norm import unfold_batch_norms
@@ -74,6 +75,9 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
             this model trains must be in the checkpoint with the same shape, and the checkpoint may hold no encoder
             weight this model lacks (e.g. another Mona variant); the head is never loaded. See
             :mod:`usvl.tasks.init_from`.
+        intensity_standardisation: Standardise each image's grey levels before the encoder: ``none``,
+            ``percentile`` (1st-99th percentile stretched to [0, 1]) or ``equalise`` (histogram equalisation); see
+            :mod:`usvl.data.intensity`. Applied in every stage and in exported graphs.
     """
 
     metric_stages: tuple[str, ...] = STAGES
@@ -93,6 +97,7 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
         scheduler: LRSchedulerCallable | None = None,
         channels_last: bool = True,
         init_from: str | None = None,
+        intensity_standardisation: IntensityStandardisation = "none",
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -114,6 +119,7 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
         self.text_embeddings: torch.Tensor | None = None
         self.loss: nn.Module | None = None
         self.init_from = init_from
+        self.intensity_standardisation = check_standardisation(intensity_standardisation)
         self.initialised_from: str | None = None
         self.domain_range: dict[str, Any] | None = None
 
@@ -221,7 +227,7 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
 
     def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or float ``[B, 1|3, H, W]`` in [0, 255] -> the encoder's normalised float input."""
-        x = images.float() / 255.0
+        x = standardise_intensity(images.float() / 255.0, self.intensity_standardisation)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         return ((x - self.image_mean) / self.image_std).contiguous(memory_format=self.memory_format)

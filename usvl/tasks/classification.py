@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MetricCollection
 
+from usvl.data.intensity import IntensityStandardisation
 from usvl.metrics import classification_metrics
 from usvl.models.adapters.base import Adapter
 from usvl.models.encoders.base import ImageFeatures, VisionLanguageEncoder
@@ -44,6 +45,8 @@ class ClassificationTask(CalibratedClassifier):
             which for cross entropy without smoothing is the negative log-likelihood of those probabilities.
         init_from: A stage-1 checkpoint for the adapters and projections (see
             :class:`~usvl.tasks.base.AdaptedEncoderTask`).
+        intensity_standardisation: Per-image grey-level standardisation before the encoder (``none``,
+            ``percentile``, ``equalise``; see :class:`~usvl.tasks.base.AdaptedEncoderTask`).
         feature_cache: Keep the frozen image tower's pooled features so it runs once per image (a linear probe:
             ``adapter: null`` and ``data.augment: null``; see :mod:`usvl.tasks.feature_cache`). ``auto``: on where
             safe, otherwise off with the reason in the log; ``true``: on, and refused with the reason where unsafe;
@@ -64,9 +67,10 @@ class ClassificationTask(CalibratedClassifier):
         test_time_flip: bool = False,
         loss: nn.Module | None = None,
         init_from: str | None = None,
+        intensity_standardisation: IntensityStandardisation = "none",
         feature_cache: bool | Literal["auto"] = "auto",
     ) -> None:
-        super().__init__(encoder, adapter, optimizer, scheduler, channels_last, init_from)
+        super().__init__(encoder, adapter, optimizer, scheduler, channels_last, init_from, intensity_standardisation)
         # Evaluation-only and speed-only switches stay out of the checkpoint (`usvl test --ckpt_path` may change them).
         self.save_hyperparameters(ignore=["encoder", "head", "adapter", "optimizer", "scheduler", "test_time_flip",
                                           "loss", "feature_cache"])

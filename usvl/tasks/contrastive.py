@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MetricCollection
 
+from usvl.data.intensity import IntensityStandardisation
 from usvl.metrics import RetrievalRecall, caption_ids, classification_metrics
 from usvl.models.adapters.base import Adapter
 from usvl.models.encoders.base import VisionLanguageEncoder
@@ -130,6 +131,8 @@ class ContrastiveTask(AdaptedEncoderTask):
             captions repeat); ``False``: the CLIP diagonal target.
         retrieval_ks: The K of the recall@K metrics.
         init_from: A stage-1 checkpoint to start from (see :class:`~usvl.tasks.base.AdaptedEncoderTask`).
+        intensity_standardisation: Per-image grey-level standardisation before the encoder (``none``,
+            ``percentile``, ``equalise``; see :class:`~usvl.tasks.base.AdaptedEncoderTask`).
 
     Raises:
         ValueError: ``temperature`` is not positive or ``max_logit_scale`` is below ``1 / temperature``.
@@ -156,8 +159,9 @@ class ContrastiveTask(AdaptedEncoderTask):
         same_caption_positive: bool = True,
         retrieval_ks: Sequence[int] = (1, 5, 10),
         init_from: str | None = None,
+        intensity_standardisation: IntensityStandardisation = "none",
     ) -> None:
-        super().__init__(encoder, adapter, optimizer, scheduler, channels_last, init_from)
+        super().__init__(encoder, adapter, optimizer, scheduler, channels_last, init_from, intensity_standardisation)
         self.save_hyperparameters(ignore=["encoder", "adapter", "optimizer", "scheduler"])
         if not temperature > 0 or max_logit_scale < 1.0 / temperature:
             raise ValueError(f"temperature must be positive and 1 / temperature at most max_logit_scale, got "

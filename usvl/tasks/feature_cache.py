@@ -347,6 +347,7 @@ def open_frozen_features(task: Any, trainer: Any, stage: str, root: Path | None 
     setting = {"encoder": encoder.encoder_id, "encoder_class": f"{type(encoder).__module__}.{type(encoder).__name__}",
                "settings": encoder_settings(encoder), "adapter": describe_adapter(task.adapter),
                "mean": list(encoder.image_mean), "std": list(encoder.image_std),
+               "intensity_standardisation": task.intensity_standardisation,
                "memory_format": str(task.memory_format), "precision": str(trainer.precision),
                "device": task.device.type}
     weights = {"weights_fingerprint": str(getattr(encoder, "weights_fingerprint", "none")),

@@ -12,6 +12,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MetricCollection
 
+from usvl.data.intensity import IntensityStandardisation
 from usvl.metrics import SegmentationMetrics
 from usvl.models.adapters.base import Adapter
 from usvl.models.encoders.base import VisionLanguageEncoder
@@ -58,6 +59,8 @@ class SegmentationTask(AdaptedEncoderTask):
             except ``normal`` (or all classes if that leaves none).
         init_from: A stage-1 checkpoint for the adapters and projections (see
             :class:`~usvl.tasks.base.AdaptedEncoderTask`).
+        intensity_standardisation: Per-image grey-level standardisation before the encoder (``none``,
+            ``percentile``, ``equalise``; see :class:`~usvl.tasks.base.AdaptedEncoderTask`).
     """
 
     metric_stages = ("val", "test")
@@ -78,8 +81,9 @@ class SegmentationTask(AdaptedEncoderTask):
         pixel_spacing_mm: float | None = None,
         lesion_classes: Sequence[str] | None = None,
         init_from: str | None = None,
+        intensity_standardisation: IntensityStandardisation = "none",
     ) -> None:
-        super().__init__(encoder, adapter, optimizer, scheduler, channels_last, init_from)
+        super().__init__(encoder, adapter, optimizer, scheduler, channels_last, init_from, intensity_standardisation)
         # Evaluation-only settings stay out of the checkpoint, so `usvl test --ckpt_path` can change them.
         self.save_hyperparameters(ignore=["encoder", "head", "adapter", "optimizer", "scheduler", "loss", "threshold",
                                           "pixel_spacing_mm"])

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 
+from usvl.data.intensity import IntensityStandardisation
 from usvl.metrics import classification_metrics
 from usvl.models.adapters.base import Adapter
 from usvl.models.encoders.base import ImageFeatures, VisionLanguageEncoder
@@ -44,6 +45,8 @@ class ZeroShotClassificationTask(CalibratedClassifier):
             scripts use 0.01, a scale of 100).
         test_time_flip: Average the probabilities of each image and its lateral mirror image.
         init_from: A stage-1 checkpoint (see :class:`~usvl.tasks.base.AdaptedEncoderTask`).
+        intensity_standardisation: Per-image grey-level standardisation before the encoder (``none``,
+            ``percentile``, ``equalise``; see :class:`~usvl.tasks.base.AdaptedEncoderTask`).
         feature_cache: Keep the image tower's pooled features of the test images, so a later zero-shot test of the
             same model and images (other class descriptions, text ablations) reads them instead of encoding
             (see :mod:`usvl.tasks.feature_cache`). ``auto`` and ``true``: on (zero-shot trains nothing, so it is
@@ -63,9 +66,11 @@ class ZeroShotClassificationTask(CalibratedClassifier):
         temperature: float = 0.01,
         test_time_flip: bool = False,
         init_from: str | None = None,
+        intensity_standardisation: IntensityStandardisation = "none",
         feature_cache: bool | Literal["auto"] = "auto",
     ) -> None:
-        super().__init__(encoder, adapter, channels_last=channels_last, init_from=init_from)
+        super().__init__(encoder, adapter, channels_last=channels_last, init_from=init_from,
+                         intensity_standardisation=intensity_standardisation)
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.save_hyperparameters(ignore=["encoder", "adapter", "test_time_flip", "feature_cache"])
