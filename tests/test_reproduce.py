@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 import os
@@ -17,7 +19,7 @@ from shipped_configs import CONFIGS
 from usvl.reproduce.case_metrics import bootstrap_interval, classification_scores, scores_of_cases
 from usvl.reproduce.cli import reproduce_main
 from usvl.reproduce.grid import GridError, load_grid
-from usvl.reproduce.resolve import resolve_config
+from usvl.reproduce.resolve import at_default, bare_defaults, option_default, resolve_config
 from usvl.reproduce.runner import DONE_FILE, grown_keys, plan
 
 SHIPPED_GRIDS = sorted(p for p in (CONFIGS / "reproduce").glob("*.yaml") if p.stem != "cells")
@@ -112,17 +114,52 @@ def test_a_finished_run_is_reused_when_later_code_only_added_options(tmp_path: P
     resolved = yaml.safe_load(resolve_config(cell.args))
     old_run = grid.output / "runs" / cell.dataset / cell.method / cell.fraction_tag / f"seed{cell.seed}-0ld0ld0ld0"
     old_run.mkdir(parents=True)
-    stored = {**resolved, "trainer": {k: v for k, v in resolved["trainer"].items() if k != "log_every_n_steps"}}
+    stored = {**resolved, "trainer": {k: v for k, v in resolved["trainer"].items() if k != "gradient_clip_val"}}
     stored["trainer"]["logger"] = {**stored["trainer"]["logger"],
                                    "init_args": {**stored["trainer"]["logger"]["init_args"], "save_dir": str(old_run)}}
     (old_run / "config.yaml").write_text(yaml.safe_dump(stored), encoding="utf-8")
     (old_run / DONE_FILE).write_text("{}", encoding="utf-8")
     first = plan(grid)[0]
-    assert first.done and first.directory == old_run and first.grown_keys == ("trainer.log_every_n_steps",)
+    assert first.done and first.directory == old_run and first.grown_keys == ("trainer.gradient_clip_val",)
+    del stored["trainer"]["log_every_n_steps"]  # the smoke config sets 10, not Lightning's default
+    (old_run / "config.yaml").write_text(yaml.safe_dump(stored), encoding="utf-8")
+    assert not plan(grid)[0].done
+    stored["trainer"]["log_every_n_steps"] = resolved["trainer"]["log_every_n_steps"]
     stored["trainer"]["max_epochs"] = resolved["trainer"]["max_epochs"] + 1
     (old_run / "config.yaml").write_text(yaml.safe_dump(stored), encoding="utf-8")
     rerun = plan(grid)[0]
     assert not rerun.done and rerun.directory != old_run
+
+
+def test_an_option_added_at_another_value_than_its_default_reruns_the_cell(tmp_path: Path) -> None:
+    grid = load_grid(write_grid(tmp_path))
+    cell = grid.cells[0]
+    old_run = grid.output / "runs" / cell.dataset / cell.method / cell.fraction_tag / f"seed{cell.seed}-0ld0ld0ld0"
+    old_run.mkdir(parents=True)
+    resolved = yaml.safe_load(resolve_config(cell.args))
+    for value, reused in (("none", True), ("equalise", False)):
+        resolved["model"]["init_args"]["intensity_standardisation"] = value
+        stored = copy.deepcopy(resolved)
+        del stored["model"]["init_args"]["intensity_standardisation"]
+        stored["trainer"]["logger"]["init_args"]["save_dir"] = str(old_run)
+        (old_run / "config.yaml").write_text(yaml.safe_dump(stored), encoding="utf-8")
+        (old_run / DONE_FILE).write_text("{}", encoding="utf-8")
+        with_value = [*cell.args, "--model.init_args.intensity_standardisation", value]
+        first = plan(dataclasses.replace(grid, cells=[dataclasses.replace(cell, args=with_value)]))[0]
+        assert (first.directory == old_run) is reused
+        assert first.done is reused
+
+
+def test_option_defaults_come_from_the_bare_config_and_class_signatures() -> None:
+    bare = bare_defaults()
+    resolved = {"model": {"class_path": "usvl.tasks.ClassificationTask", "init_args": {}}}
+    assert option_default("calibration.scaling", resolved, bare) == (True, "temperature")
+    assert option_default("model.init_args.intensity_standardisation", resolved, bare) == (True, "none")
+    assert option_default("model.init_args.num_classes", resolved, bare) == (False, None)  # required
+    assert option_default("model.init_args.head.init_args.linear", resolved, bare) == (False, None)  # no class
+    assert option_default("nothing.like.this", resolved, bare) == (False, None)
+    resolved["model"]["init_args"]["intensity_standardisation"] = "percentile"
+    assert not at_default("model.init_args.intensity_standardisation", resolved, bare)
 
 
 def test_slurm_script_covers_every_cell(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

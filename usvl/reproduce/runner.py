@@ -9,12 +9,14 @@ the cell runs again; a failed run is kept as ``<name>.failed-<k>`` with its log.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from typing import Any
 import yaml
 
 from usvl.reproduce.grid import Cell, Grid
-from usvl.reproduce.resolve import config_hash, resolve_config
+from usvl.reproduce.resolve import at_default, bare_defaults, config_hash, resolve_config
 from usvl.utils.atomic import write_json_atomic, write_text_atomic
 from usvl.utils.threads import available_cores
 
@@ -70,8 +72,9 @@ def grown_keys(stored: Any, resolved: Any, prefix: str = "") -> list[str] | None
     """The options ``resolved`` adds to ``stored``, or ``None`` when a value ``stored`` has differs.
 
     A finished run stays valid when later code only added options (new keys, which a finished run ran without,
-    so at the behaviour their defaults keep) or changed :data:`RESULT_NEUTRAL_OPTIONS`; any other changed value
-    means the cell must run again.
+    so at the behaviour their defaults keep; :func:`finished_run_with_fewer_options` checks that they are at their
+    defaults) or changed :data:`RESULT_NEUTRAL_OPTIONS` (listed too); any other changed value means the cell must
+    run again.
     """
     if isinstance(stored, dict) and isinstance(resolved, dict):
         if set(stored) - set(resolved):
@@ -93,11 +96,21 @@ def grown_keys(stored: Any, resolved: Any, prefix: str = "") -> list[str] | None
         return added
     if stored == resolved:
         return []
-    return [prefix.rstrip(".")] if prefix.rstrip(".").rsplit(".", 1)[-1] in RESULT_NEUTRAL_OPTIONS else None
+    return [prefix.rstrip(".")] if _neutral(prefix.rstrip(".")) else None
 
 
-def finished_run_with_fewer_options(folder: Path, seed: int, resolved: dict) -> tuple[Path, list[str]] | None:
-    """A finished run of this cell in ``folder`` whose stored config ``resolved`` only adds options to."""
+def _neutral(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in RESULT_NEUTRAL_OPTIONS
+
+
+def finished_run_with_fewer_options(folder: Path, seed: int, resolved: dict,
+                                    defaults: Callable[[], dict]) -> tuple[Path, list[str]] | None:
+    """A finished run of this cell in ``folder`` whose stored config ``resolved`` only adds options to.
+
+    Each added option must be at its default (:func:`~usvl.reproduce.resolve.at_default`; ``defaults`` returns the
+    bare ``usvl fit`` config) or be one of :data:`RESULT_NEUTRAL_OPTIONS`: the finished run ran without it, so at
+    the behaviour its default keeps. An option added with another value (a method that sets a new switch) reruns.
+    """
     if not folder.is_dir():
         return None
     for candidate in sorted(folder.glob(f"seed{seed}-*/{DONE_FILE}")):
@@ -110,7 +123,7 @@ def finished_run_with_fewer_options(folder: Path, seed: int, resolved: dict) -> 
         if isinstance(logger, dict) and isinstance(wanted, dict):
             logger.update({key: wanted.get(key) for key in RUN_LOCATION_KEYS if key in logger})
         added = grown_keys(stored, resolved)
-        if added is not None:
+        if added is not None and all(_neutral(key) or at_default(key, resolved, defaults()) for key in added):
             return candidate.parent, added
     return None
 
@@ -119,9 +132,11 @@ def plan(grid: Grid) -> list[PlannedRun]:
     """Resolve every cell's config, hash it and place its run directory; cells with equal configs share one run.
 
     A cell whose own directory holds no finished run reuses a finished run of the same cell whose config differs
-    only by options added since (:func:`grown_keys`), so that a new option with a default does not rerun a grid.
+    only by options added since, at their defaults (:func:`grown_keys`), so that a new option with a default does
+    not rerun a grid.
     """
     planned: list[PlannedRun] = []
+    defaults = functools.cache(bare_defaults)
     first_by_hash: dict[str, PlannedRun] = {}
     for cell in grid.cells:
         resolved = resolve_config(cell.args)
@@ -134,7 +149,7 @@ def plan(grid: Grid) -> list[PlannedRun]:
         directory = folder / f"seed{cell.seed}-{digest}"
         run = PlannedRun(cell, digest, directory)
         if not run.done:
-            reusable = finished_run_with_fewer_options(folder, cell.seed, yaml.safe_load(resolved) or {})
+            reusable = finished_run_with_fewer_options(folder, cell.seed, yaml.safe_load(resolved) or {}, defaults)
             if reusable is not None:
                 run = PlannedRun(cell, digest, reusable[0], grown_keys=tuple(reusable[1]))
         first_by_hash[digest] = run
