@@ -25,7 +25,8 @@ def test_shipped_shift_grids_expand_and_their_test_sets_resolve(path: Path) -> N
     grid = load_grid(path)
     assert grid.output.parts[:2] == ("results", "shift")
     methods = {cell.method for cell in grid.cells}
-    thyroid_methods = {"shipped", "acquisition_augment", "bias_calibration", "percentile", "equalise"}
+    thyroid_methods = {"shipped", "acquisition_augment", "bias_calibration", "percentile", "equalise",
+                       "geometry_augment"}
     assert methods == (thyroid_methods if path.stem == "thyroid" else {"shipped", "acquisition_augment"})
     assert sorted(cell.seed for cell in grid.cells if cell.method == "shipped") == [1, 2, 3]
     assert set(grid.test_sets) == {"in_domain", *ACQUISITIONS}
@@ -44,6 +45,12 @@ def test_shipped_shift_grids_expand_and_their_test_sets_resolve(path: Path) -> N
         assert resolved["calibration"]["scaling"] == "temperature_bias"
         assert resolved["model"] == shipped_resolved["model"]  # the same models, calibrated otherwise
     assert shipped_resolved["model"]["init_args"]["intensity_standardisation"] == "none"
+    if "geometry_augment" in methods:
+        cell = next(cell for cell in grid.cells if cell.method == "geometry_augment")
+        augment = yaml.safe_load(resolve_config(cell.args))["data"]["init_args"]["acquisition_augment"]["init_args"]
+        assert augment["p_zoom"] > 0 and augment["p_bars"] > 0
+        assert all(augment[f"p_{part}"] == 0 for part in ("tgc", "gain", "dynamic_range", "speckle", "blur", "shadow",
+                                                             "haze", "sector"))
     for method in {"percentile", "equalise"} & methods:
         cell = next(cell for cell in grid.cells if cell.method == method)
         assert yaml.safe_load(resolve_config(cell.args))["model"]["init_args"]["intensity_standardisation"] == method
