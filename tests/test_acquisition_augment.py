@@ -151,8 +151,31 @@ def test_the_config_fragment_turns_it_on(experiment):
     cli = USVLCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
                   args=["--config", str(CONFIGS / f"{experiment}.yaml"), "--config",
                         str(CONFIGS / "data" / "acquisition_augment.yaml"), "--trainer.logger", "false"])
-    assert isinstance(cli.datamodule.acquisition_augment, AcquisitionAugment)
+    augment = cli.datamodule.acquisition_augment
+    assert isinstance(augment, AcquisitionAugment)
     assert isinstance(cli.datamodule.augment, BatchAugment)
-    shipped = USVLCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                      run=False, args=["--config", str(CONFIGS / f"{experiment}.yaml"), "--trainer.logger", "false"])
-    assert shipped.datamodule.acquisition_augment is None
+    defaults = AcquisitionAugment()
+    assert all(getattr(augment, name) == getattr(defaults, name) for name in (*INTENSITY, *GEOMETRY))
+
+
+def _cli(*configs: str):
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    from usvl.cli import USVLCLI
+
+    arguments = [item for config in configs for item in ("--config", str(CONFIGS / config))]
+    return USVLCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
+                   args=[*arguments, "--trainer.logger", "false"])
+
+
+def _geometry_only(augment: AcquisitionAugment | None) -> bool:
+    return (isinstance(augment, AcquisitionAugment) and all(getattr(augment, name) == 0.0 for name in INTENSITY)
+            and augment.p_sector == 0.0 and augment.p_zoom > 0.0 and augment.p_bars > 0.0)
+
+
+def test_the_shipped_thyroid_recipe_trains_with_the_geometric_parts_only():
+    thyroid = _cli("thyroid_cls.yaml")
+    assert _geometry_only(thyroid.datamodule.acquisition_augment)
+    assert thyroid.config.calibration.scaling == "temperature_bias"
+    assert _cli("breast_seg.yaml").datamodule.acquisition_augment is None
+    assert _geometry_only(_cli("breast_seg.yaml", "data/geometry_augment.yaml").datamodule.acquisition_augment)
