@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -21,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from usvl.data.decode import grey_array, open_image
 from usvl.metrics.calibration import SCALINGS, THRESHOLD_METHODS, fit_calibration
+from usvl.metrics.lesion_gate import fit_lesion_gate, image_dice, lesion_confidence
 from usvl.utils.atomic import atomic_output, write_json_atomic, write_new
 
 log = logging.getLogger(__name__)
@@ -388,22 +390,23 @@ def case_overlay(case: dict[str, Any]) -> Image.Image:
     return draw_overlay(picture, case["text"], case.get("pred"))
 
 
-def store_calibration(checkpoint_path: str | Path, record: dict[str, Any]) -> None:
-    """Add a calibration record to a checkpoint file (``checkpoint["usvl"]["calibration"]``), atomically."""
+def store_calibration(checkpoint_path: str | Path, record: dict[str, Any], key: str = "calibration") -> None:
+    """Add a record (the calibration or the lesion gate) to a checkpoint file as ``checkpoint["usvl"][key]``."""
     path = Path(checkpoint_path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    checkpoint.setdefault("usvl", {})["calibration"] = dict(record)
+    checkpoint.setdefault("usvl", {})[key] = dict(record)
     with atomic_output(path) as temporary:
         torch.save(checkpoint, temporary)
 
 
-def validation_logits(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[torch.Tensor, torch.Tensor]:
-    """View logits ``[V, N, K]`` and labels ``[N]`` of the validation split, in evaluation mode.
+def validation_outputs(trainer: pl.Trainer, pl_module: pl.LightningModule,
+                       step: Callable[[dict[str, Any]], tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+    """``step``'s tensors over the validation split, each concatenated along its first dimension, in evaluation mode.
 
     Reads the data module's validation loader (as many batches as validation ran during fit, so
     ``limit_val_batches`` applies; the images' names let the frozen-feature cache serve them), under the trainer's
     precision and with the random state forked and every module's train/eval mode restored afterwards, so what runs
-    next (the test) is unaffected.
+    next (the test) is unaffected. Returns an empty list when there are no validation batches.
     """
     datamodule = trainer.datamodule
     loader = datamodule.val_dataloader() if datamodule is not None else trainer.val_dataloaders
@@ -412,7 +415,7 @@ def validation_logits(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tup
     limit = counts[0] if counts else math.inf
     modes = {module: module.training for module in pl_module.modules()}
     pl_module.eval()
-    logits, labels = [], []
+    outputs: list[tuple[torch.Tensor, ...]] = []
     devices = [pl_module.device.index or 0] if pl_module.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices), torch.inference_mode(), \
@@ -420,15 +423,35 @@ def validation_logits(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tup
             for index, batch in enumerate(loader):
                 if index >= limit:
                     break
-                images = batch["image"].to(pl_module.device)
-                logits.append(pl_module.view_logits(images, batch.get("name")).float().cpu())
-                labels.append(batch["label"].long().cpu())
+                outputs.append(tuple(tensor.cpu() for tensor in step(batch)))
     finally:
         for module, training in modes.items():
             module.train(training)
-    if not logits:
+    return [torch.cat(parts) for parts in zip(*outputs, strict=True)] if outputs else []
+
+
+def validation_logits(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[torch.Tensor, torch.Tensor]:
+    """View logits ``[V, N, K]`` and labels ``[N]`` of the validation split (:func:`validation_outputs`)."""
+    def step(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = pl_module.view_logits(batch["image"].to(pl_module.device), batch.get("name")).float()
+        return logits.transpose(0, 1), batch["label"].long()
+
+    outputs = validation_outputs(trainer, pl_module, step)
+    if not outputs:
         return torch.empty(1, 0, pl_module.num_classes), torch.empty(0, dtype=torch.long)
-    return torch.cat(logits, dim=1), torch.cat(labels)
+    return outputs[0].transpose(0, 1), outputs[1]
+
+
+def validation_gate_inputs(trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[torch.Tensor]:
+    """Lesion confidence, ungated per-image Dice and "no lesion" flags ``[N]`` of the validation split."""
+    def step(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        masks = batch["mask"].to(pl_module.device)
+        probability = pl_module(batch["image"].to(pl_module.device), output_size=masks.shape[-2:]).float().sigmoid()
+        predicted = probability > pl_module.threshold
+        empty = ~masks.flatten(1).bool().any(dim=1)
+        return lesion_confidence(probability, pl_module.threshold), image_dice(predicted, masks), empty
+
+    return validation_outputs(trainer, pl_module, step)
 
 
 def save_reliability_diagram(reliability: dict[str, Any], path: Path, positive_class: str | None = None) -> Path:
@@ -486,8 +509,9 @@ class Calibration(Callback):
     (:func:`~usvl.metrics.calibration.fit_calibration`); the record goes to the model and into the best checkpoint
     file, so ``usvl test`` and ``usvl predict`` use it; the weights the model had are put back. With more than two
     classes the decision stays the argmax. After ``test`` the reliability diagram of the test split is written to
-    the run's log dir (``reliability.png``; a new name when one exists). Other tasks are left alone. ``usvl`` adds
-    this callback to every run through the config's ``calibration`` section.
+    the run's log dir (``reliability.png``; a new name when one exists). Segmentation tasks get a lesion gate
+    instead, when ``lesion_gate`` is on. ``usvl`` adds this callback to every run through the config's
+    ``calibration`` section.
 
     Args:
         enabled: Fit the calibration after fit (the diagram is drawn after any test of a classifier regardless).
@@ -497,6 +521,11 @@ class Calibration(Callback):
         diagram: Write the reliability diagram after test.
         scaling: ``temperature`` (one temperature) or ``temperature_bias`` (a temperature and a bias per class,
             :func:`~usvl.metrics.calibration.fit_temperature_and_bias`).
+        lesion_gate: Segmentation tasks: choose the lesion gate (:mod:`usvl.metrics.lesion_gate`: an image keeps
+            its predicted mask only if the mean probability over the mask reaches a threshold) on the validation
+            split after fit, with the best checkpoint's weights, and store it in that checkpoint, so ``usvl test``
+            and ``usvl predict`` apply it. A checkpoint tested or predicted with the switch on but without a
+            stored gate gets one chosen on the data module's validation split first (kept in memory, logged).
 
     Raises:
         ValueError: Unknown ``threshold`` method or ``scaling``, or ``target_sensitivity`` outside (0, 1].
@@ -504,7 +533,8 @@ class Calibration(Callback):
 
     def __init__(self, enabled: bool = True, threshold: Literal["youden", "sensitivity"] = "youden",
                  target_sensitivity: float = 0.9, diagram: bool = True,
-                 scaling: Literal["temperature", "temperature_bias"] = "temperature") -> None:
+                 scaling: Literal["temperature", "temperature_bias"] = "temperature",
+                 lesion_gate: bool = False) -> None:
         if scaling not in SCALINGS:
             raise ValueError(f"calibration.scaling must be one of {list(SCALINGS)}, got {scaling!r}")
         if threshold not in THRESHOLD_METHODS:
@@ -516,11 +546,12 @@ class Calibration(Callback):
         self.target_sensitivity = target_sensitivity
         self.diagram = diagram
         self.scaling = scaling
+        self.lesion_gate = lesion_gate
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Fit and store the calibration on the validation split with the best checkpoint's weights."""
-        if not self.enabled or not hasattr(pl_module, "view_logits") or trainer.fast_dev_run:
-            return
+    @staticmethod
+    def _with_best_weights(trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           collect: Callable[[], Any]) -> tuple[Any, str]:
+        """``collect()`` run with the best checkpoint's weights loaded (put back after), and that checkpoint's path."""
         checkpoint = trainer.checkpoint_callback
         best = str(getattr(checkpoint, "best_model_path", "") or "") if checkpoint else ""
         kept: dict[str, torch.Tensor] = {}
@@ -530,10 +561,23 @@ class Calibration(Callback):
             kept = {key: state[key].detach().clone() for key in weights if key in state}
             pl_module.load_state_dict(weights, strict=False)
         try:
-            logits, labels = validation_logits(trainer, pl_module)
+            return collect(), best
         finally:
             if kept:
                 pl_module.load_state_dict(kept, strict=False)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Fit and store the calibration (or the lesion gate) on the validation split with the best weights."""
+        if trainer.fast_dev_run:
+            return
+        if self.lesion_gate and hasattr(pl_module, "lesion_gate"):
+            inputs, best = self._with_best_weights(trainer, pl_module,
+                                                   lambda: validation_gate_inputs(trainer, pl_module))
+            self._set_lesion_gate(trainer, pl_module, inputs, best)
+        if not self.enabled or not hasattr(pl_module, "view_logits"):
+            return
+        (logits, labels), best = self._with_best_weights(trainer, pl_module,
+                                                         lambda: validation_logits(trainer, pl_module))
         if labels.numel() == 0:
             log.warning("Calibration skipped: no validation batches")
             return
@@ -551,6 +595,54 @@ class Calibration(Callback):
                  record["validation"]["ece_uncalibrated"], record["validation"]["ece"],
                  f"; stored in {best}" if best else " (no checkpoint to store it in)")
 
+    def _set_lesion_gate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: list[torch.Tensor],
+                         best: str) -> None:
+        """Fit the lesion gate from validation ``inputs``, give it to the model and store it in ``best``, if any."""
+        if not inputs:
+            log.warning("Lesion gate not chosen: no validation batches")
+            return
+        record = fit_lesion_gate(*inputs)
+        record["checkpoint"] = Path(best).name if best else None
+        pl_module.lesion_gate = record
+        if best and trainer.is_global_zero:
+            store_calibration(best, record, key="lesion_gate")
+        trainer.strategy.barrier("usvl-lesion-gate")
+        chosen = record["validation"]
+        log.info("Lesion gate on %d validation images: mean lesion probability >= %.4f; validation Dice %.4f -> "
+                 "%.4f, false lesions on images without one %s -> %s, lesion images emptied %d%s",
+                 record["validation_images"], record["threshold"], chosen["dice"], chosen["dice_gated"],
+                 _rate(chosen["fp_rate_normal"]), _rate(chosen["fp_rate_normal_gated"]), chosen["lesions_gated"],
+                 f"; stored in {best}" if best else " (no checkpoint to store it in)")
+
+    def _gate_before_use(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """With the switch on, choose a lesion gate on the validation split for a checkpoint that has none."""
+        if not self.lesion_gate or not hasattr(pl_module, "lesion_gate") or pl_module.lesion_gate is not None:
+            return
+        datamodule = trainer.datamodule
+        if datamodule is None:
+            raise RuntimeError("calibration.lesion_gate: the checkpoint has no lesion gate and there is no data "
+                               "module to choose one on; test with the training data's config, or turn it off")
+        log.info("The checkpoint has no lesion gate: choosing one on the validation split now (not stored)")
+        try:
+            datamodule.setup("validate")
+            inputs = validation_gate_inputs(trainer, pl_module)
+        except (ValueError, KeyError, FileNotFoundError) as error:
+            raise RuntimeError(f"calibration.lesion_gate: the checkpoint has no lesion gate and none could be chosen "
+                               f"on the validation split ({error}); test with the training data's config, or turn "
+                               f"the switch off") from error
+        self._set_lesion_gate(trainer, pl_module, inputs, "")
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Choose a lesion gate first when the switch is on and the checkpoint has none."""
+        self._gate_before_use(trainer, pl_module)
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Say so when the switch is on but the checkpoint has no lesion gate (prediction has no validation split)."""
+        if self.lesion_gate and getattr(pl_module, "lesion_gate", False) is None:
+            log.warning("calibration.lesion_gate is on but the checkpoint has no lesion gate: predicting without one. "
+                        "Choose one with `usvl test --calibration.lesion_gate true` on the training data's config, "
+                        "or fit with the switch on")
+
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write the reliability diagram of the test split (classifiers only)."""
         if not self.diagram or trainer.fast_dev_run:
@@ -564,6 +656,10 @@ class Calibration(Callback):
         path = save_reliability_diagram(reliability, unique_file(folder, "reliability"),
                                         names[1] if len(names) == 2 else None)
         log.info("Reliability diagram written to %s", path)
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def format_duration(seconds: float) -> str:

@@ -14,6 +14,7 @@ from torchmetrics import MetricCollection
 
 from usvl.data.intensity import IntensityStandardisation
 from usvl.metrics import SegmentationMetrics
+from usvl.metrics.lesion_gate import apply_lesion_gate
 from usvl.models.adapters.base import Adapter
 from usvl.models.encoders.base import VisionLanguageEncoder
 from usvl.models.heads.factory import HeadFactory
@@ -36,6 +37,9 @@ class SegmentationTask(AdaptedEncoderTask):
     (``dice``, ``iou``, ``hd95``, ``asd``, ``fp_rate_normal``, the empty-mask case counts, ...). Entries that are
     undefined for the epoch (e.g. ``fp_rate_normal`` without normal images) are logged as NaN, so the set of keys
     is always the same. Distances are in pixels at the model resolution, or in mm with ``pixel_spacing_mm``.
+    A lesion gate chosen on validation (``calibration.lesion_gate``, :mod:`usvl.metrics.lesion_gate`) and stored in
+    the checkpoint empties the masks of low-confidence images in ``test`` and ``predict`` (:meth:`predict_masks`);
+    the test then also logs ``test/lesion_gate_threshold`` and ``test/lesion_gate_emptied``.
 
     The image projection of the encoder is frozen (the head reads the maps, not the pooled embedding), and so is
     the text projection when the head ignores text, so that the trainable-parameter count and the checkpoint hold
@@ -103,6 +107,8 @@ class SegmentationTask(AdaptedEncoderTask):
         self._freeze_unused_projections()
         self.threshold = threshold
         self.pixel_spacing_mm = pixel_spacing_mm
+        self.lesion_gate: dict[str, Any] | None = None
+        self.gated_images = 0
         self.configure_task(loss)
 
     def configure_losses(self) -> nn.Module:
@@ -135,9 +141,26 @@ class SegmentationTask(AdaptedEncoderTask):
         text = self.lesion_text() if self.uses_text else None
         return self.head(features, text, tuple(output_size or images.shape[-2:]))
 
+    def gate_active(self) -> bool:
+        """Whether the stored lesion gate applies now: in ``test`` and ``predict`` or outside a trainer, not in fit."""
+        if self.lesion_gate is None:
+            return False
+        trainer = self._trainer
+        return trainer is None or bool(trainer.testing or trainer.predicting)
+
     def predict_masks(self, logits: torch.Tensor) -> torch.Tensor:
-        """Boolean masks from logits: lesion probability above ``threshold``."""
-        return logits.detach().float().sigmoid() > self.threshold
+        """Boolean masks from logits: lesion probability above ``threshold``; in test and predict, gated.
+
+        With a stored lesion gate (:mod:`usvl.metrics.lesion_gate`, fitted on validation by the ``calibration``
+        section's ``lesion_gate`` switch) an image whose mean probability over its predicted pixels is below the
+        gate's threshold is predicted empty; :attr:`gated_images` counts them.
+        """
+        probability = logits.detach().float().sigmoid()
+        masks = probability > self.threshold
+        if self.gate_active():
+            masks, gated = apply_lesion_gate(masks, probability, self.threshold, self.lesion_gate["threshold"])
+            self.gated_images += int(gated.sum())
+        return masks
 
     def _spacing(self) -> tuple[float, float] | None:
         return None if self.pixel_spacing_mm is None else (self.pixel_spacing_mm, self.pixel_spacing_mm)
@@ -160,7 +183,26 @@ class SegmentationTask(AdaptedEncoderTask):
         return {"name": batch["name"], "mask": self.predict_masks(logits).to(torch.uint8).cpu(),
                 "probability": logits.detach().float().sigmoid().cpu()}
 
+    def on_test_epoch_start(self) -> None:
+        """Start counting the images the lesion gate empties."""
+        self.gated_images = 0
+
+    def on_test_epoch_end(self) -> None:
+        """Log the test metrics and, with a lesion gate, its threshold and how many images it emptied."""
+        super().on_test_epoch_end()
+        if self.lesion_gate is not None:
+            self.log_dict({"test/lesion_gate_threshold": float(self.lesion_gate["threshold"]),
+                           "test/lesion_gate_emptied": float(self.gated_images)})
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Also record the lesion classes the text vector was built from."""
+        """Also record the lesion classes the text vector was built from, and the lesion gate when there is one."""
         super().on_save_checkpoint(checkpoint)
         checkpoint["usvl"]["lesion_classes"] = self.lesion_classes
+        if self.lesion_gate is not None:
+            checkpoint["usvl"]["lesion_gate"] = dict(self.lesion_gate)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also take the checkpoint's lesion gate (none in checkpoints fitted without one)."""
+        super().on_load_checkpoint(checkpoint)
+        record = checkpoint.get("usvl", {}).get("lesion_gate")
+        self.lesion_gate = dict(record) if record else None
