@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -155,3 +156,22 @@ def test_a_checkpoint_without_a_gate_gets_one_before_its_test_when_asked():
     task.lesion_gate = stored
     Calibration(lesion_gate=True).on_test_start(_trainer("", batches), task)  # a stored gate is kept
     assert task.lesion_gate is stored
+
+
+def test_the_onnx_export_carries_the_gate_and_its_runtime_applies_it():
+    from usvl.export.onnx import export_metadata
+    from usvl.export.runtime import OnnxModel
+
+    task = _task()
+    assert "lesion_gate" not in export_metadata(task, (64, 64), None, 17)
+    task.lesion_gate = {"statistic": "mean_lesion_probability", "threshold": 0.9}
+    metadata = export_metadata(task, (64, 64), None, 17)
+    runtime = OnnxModel.__new__(OnnxModel)  # the file-free part: what predict_step does with the outputs
+    runtime.kind, runtime.threshold = "segmentation", float(metadata["threshold"])
+    runtime.lesion_gate = json.loads(metadata["lesion_gate"])
+    probability = torch.zeros(2, 1, 4, 4)
+    probability[0, 0, 0] = 0.95
+    probability[1, 0, 0] = 0.7
+    runtime.run = lambda images: {"probability": probability}
+    masks = runtime.predict_step({"image": torch.zeros(2, 3, 4, 4), "name": ["a", "b"]}, 0)["mask"]
+    assert masks[0].any() and not masks[1].any()

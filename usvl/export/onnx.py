@@ -177,6 +177,8 @@ def export_metadata(task: AdaptedEncoderTask, image_size: tuple[int, int], check
                                "probability per pixel")
         metadata["threshold"] = repr(float(task.threshold))
         metadata["lesion_classes"] = json.dumps(list(task.lesion_classes))
+        if getattr(task, "lesion_gate", None):
+            metadata["lesion_gate"] = json.dumps(task.lesion_gate)
     if checkpoint is not None:
         metadata["source_checkpoint"] = Path(checkpoint).name
         metadata["source_checkpoint_sha256"] = file_sha256(checkpoint)

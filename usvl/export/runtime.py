@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import torch
 
 from usvl.export.onnx import inference_session, onnx_input
+from usvl.metrics.lesion_gate import apply_lesion_gate
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,11 @@ def read_metadata(session: Any) -> dict[str, str]:
 class OnnxModel(pl.LightningModule):
     """An exported usvl model (``usvl export``) run by onnxruntime, for ``usvl predict``.
 
-    Task kind, class names, input size, segmentation threshold and a classifier's calibration (temperature inside
-    the graph, decision threshold and record in the metadata) come from the file's metadata. The class text is
-    inside the graph, so the ``TextEmbeddingCache`` callback of a run config has nothing to do (``uses_text`` is
-    False). The arguments ``num_classes`` and ``class_names`` are linked from the data module by ``usvl``; the
-    file's classes are the ones predicted, and a data module with other classes is reported in the log.
+    Task kind, class names, input size, segmentation threshold and lesion gate, and a classifier's calibration
+    (temperature inside the graph, decision threshold and record in the metadata) come from the file's metadata.
+    The class text is inside the graph, so the ``TextEmbeddingCache`` callback of a run config has nothing to do
+    (``uses_text`` is False). The arguments ``num_classes`` and ``class_names`` are linked from the data module by
+    ``usvl``; the file's classes are the ones predicted, and a data module with other classes is reported in the log.
 
     Args:
         path: The ``.onnx`` file written by ``usvl export``.
@@ -78,6 +79,7 @@ class OnnxModel(pl.LightningModule):
         self.threshold = float(threshold if threshold is not None else self.metadata.get("threshold", 0.5))
         self.calibration = json.loads(self.metadata["calibration"]) if "calibration" in self.metadata else None
         self.decision_threshold = json.loads(self.metadata.get("decision_threshold", "null"))
+        self.lesion_gate = json.loads(self.metadata["lesion_gate"]) if "lesion_gate" in self.metadata else None
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
         linked = list(class_names) if class_names else None
@@ -108,7 +110,8 @@ class OnnxModel(pl.LightningModule):
 
         Classification: names, (calibrated) class probabilities, the predicted class (at the exported decision
         threshold with two classes, else the argmax) and that threshold; segmentation: names, ``uint8`` masks at
-        ``threshold`` and lesion probabilities ``[B, 1, H, W]``.
+        ``threshold`` (emptied by the exported lesion gate, when there is one) and lesion probabilities
+        ``[B, 1, H, W]``.
         """
         outputs = self.run(batch["image"])
         if self.kind == "classification":
@@ -119,5 +122,7 @@ class OnnxModel(pl.LightningModule):
             return {"name": batch["name"], "probabilities": probabilities, "prediction": prediction,
                     "threshold": threshold}
         probability = outputs["probability"]
-        return {"name": batch["name"], "mask": (probability > self.threshold).to(torch.uint8),
-                "probability": probability}
+        masks = probability > self.threshold
+        if self.lesion_gate is not None:
+            masks, _ = apply_lesion_gate(masks, probability, self.threshold, self.lesion_gate["threshold"])
+        return {"name": batch["name"], "mask": masks.to(torch.uint8), "probability": probability}
