@@ -177,5 +177,13 @@ def test_the_shipped_thyroid_recipe_trains_with_the_geometric_parts_only():
     thyroid = _cli("thyroid_cls.yaml")
     assert _geometry_only(thyroid.datamodule.acquisition_augment)
     assert thyroid.config.calibration.scaling == "temperature_bias"
-    assert _cli("breast_seg.yaml").datamodule.acquisition_augment is None
+    assert not thyroid.config.calibration.lesion_gate
     assert _geometry_only(_cli("breast_seg.yaml", "data/geometry_augment.yaml").datamodule.acquisition_augment)
+
+
+def test_the_shipped_breast_recipe_trains_with_every_part_and_chooses_a_lesion_gate():
+    breast = _cli("breast_seg.yaml")
+    augment, defaults = breast.datamodule.acquisition_augment, AcquisitionAugment()
+    assert isinstance(augment, AcquisitionAugment)
+    assert all(getattr(augment, name) == getattr(defaults, name) for name in (*INTENSITY, *GEOMETRY))
+    assert breast.config.calibration.lesion_gate
