@@ -1,7 +1,8 @@
 """Reporting lexicons (ACR TI-RADS, BI-RADS): vocabularies, points, categories and the one-sentence report.
 
 The one place for these tables: the synthetic generator samples and scores in them, the descriptor heads
-(:class:`usvl.tasks.LexiconTask`) predict them, and ``usvl predict`` reports in them.
+(:class:`usvl.tasks.LexiconTask`) predict them, and ``usvl predict`` reports in them
+(:mod:`usvl.lexicon.readout`). Importing the tables costs no torch import (the generator's worker processes use them).
 """
 
 from usvl.lexicon.base import MISSING, Lexicon, join_values, normalise_value

@@ -21,9 +21,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 MISSING = ""
 """How a data batch marks an image without a descriptor value."""
@@ -167,6 +168,8 @@ class Lexicon:
         Args:
             probabilities: Per descriptor, ``[B, values]`` (softmax of a single descriptor, sigmoids of a multi one).
         """
+        import torch
+
         first = next(iter(probabilities.values()))
         gated = torch.zeros(first.shape[0], dtype=torch.float32, device=first.device)
         rest = torch.zeros_like(gated)
@@ -202,6 +205,8 @@ class Lexicon:
         Raises:
             ValueError: A value is not in its vocabulary (the message names the descriptor and the value).
         """
+        import torch
+
         descriptors = descriptors or {}
         targets: dict[str, torch.Tensor] = {}
         for name in self.single:
@@ -264,6 +269,8 @@ class Lexicon:
         """
         decided = self.decide(probabilities)
         if expected_points is None:
+            import torch
+
             tensors = {k: torch.tensor([list(v)], dtype=torch.float32) for k, v in probabilities.items()}
             expected_points = float(self.expected_points(tensors)[0])
         descriptors: dict[str, Any] = {}
