@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from usvl.data.decode import grey_array, open_image
+from usvl.lexicon.readout import draw_readout, readout_columns, readout_lines, readout_row
 from usvl.metrics.calibration import SCALINGS, THRESHOLD_METHODS, fit_calibration
 from usvl.metrics.lesion_gate import fit_lesion_gate, image_dice, lesion_confidence
 from usvl.utils.atomic import atomic_output, write_json_atomic, write_new
@@ -192,15 +193,24 @@ class ClassificationPredictionWriter(PredictionWriter):
     The model's calibration record (temperature, threshold, how it was chosen, validation metrics at it) is written
     next to the CSV as ``calibration.json``. The overlay is the original image with the predicted class and its
     probability. See :class:`PredictionWriter` for the folder and the arguments.
+
+    A model with lexicon descriptor heads (:class:`~usvl.tasks.LexiconTask`, whose predictions carry a ``readout``)
+    also gets, per image, the descriptors with their probabilities, the points, the category and the one-sentence
+    report: extra CSV columns after those above, a ``json/<image stem>.json`` record for programs, and the overlay
+    with a read-out panel below the image (:mod:`usvl.lexicon.readout`).
     """
 
     def header(self, pl_module: pl.LightningModule) -> list[str]:
-        """``name``, ``p_<class>`` per class, ``prediction``, ``threshold``."""
-        return ["name", *[f"p_{name}" for name in self.class_names(pl_module)], "prediction", "threshold"]
+        """``name``, ``p_<class>`` per class, ``prediction``, ``threshold`` (and the read-out's columns)."""
+        columns = ["name", *[f"p_{name}" for name in self.class_names(pl_module)], "prediction", "threshold"]
+        lexicon = getattr(pl_module, "lexicon", None)
+        return columns + readout_columns(lexicon) if lexicon is not None else columns
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Start the folder and CSV; write the model's calibration record, when it has one."""
+        """Start the folder and CSV (and ``json/`` for a model with a lexicon); write the calibration record."""
         super().on_predict_start(trainer, pl_module)
+        if getattr(pl_module, "lexicon", None) is not None:
+            (self.folder / "json").mkdir()
         record = getattr(pl_module, "calibration", None)
         if record:
             write_json_atomic(self.folder / "calibration.json", record)
@@ -216,12 +226,28 @@ class ClassificationPredictionWriter(PredictionWriter):
         paths = batch_sources(batch)[0] if self.overlays else [""] * len(prediction["name"])
         threshold = prediction.get("threshold")
         threshold_text = "" if threshold is None else f"{float(threshold):.6f}"
+        readouts = prediction.get("readout") or [None] * len(prediction["name"])
+        lexicon = getattr(pl_module, "lexicon", None)
         rows = []
-        for name, path, probabilities, predicted in zip(prediction["name"], paths, prediction["probabilities"].tolist(),
-                                                        prediction["prediction"].tolist(), strict=True):
+        for name, path, probabilities, predicted, readout in zip(
+                prediction["name"], paths, prediction["probabilities"].tolist(), prediction["prediction"].tolist(),
+                readouts, strict=True):
             label = class_names[predicted] if class_names else str(predicted)
-            self.overlay(path, name, f"{label} p={probabilities[predicted]:.2f}")
-            rows.append([name, *[f"{p:.6f}" for p in probabilities], label, threshold_text])
+            title = f"{label} p={probabilities[predicted]:.2f}"
+            row = [name, *[f"{p:.6f}" for p in probabilities], label, threshold_text]
+            if readout is None or lexicon is None:
+                self.overlay(path, name, title)
+                rows.append(row)
+                continue
+            record = {"name": str(name), "probabilities": dict(zip(class_names, probabilities, strict=False)),
+                      "prediction": label, "threshold": threshold, **readout}
+            json_path = unique_file(self.folder / "json", Path(name).stem, ".json")
+            write_json_atomic(json_path, record)
+            if self.overlays:
+                target = unique_file(self.folder / "overlays", Path(name).stem)
+                draw_readout(load_original(path), title, readout["sentence"],
+                             readout_lines(lexicon, readout)).save(target)
+            rows.append(row + readout_row(lexicon, readout, json_path.relative_to(self.folder).as_posix()))
         return rows
 
 

@@ -3,8 +3,9 @@
 from usvl.tasks.base import AdaptedEncoderTask
 from usvl.tasks.classification import ClassificationTask
 from usvl.tasks.contrastive import ContrastiveTask
+from usvl.tasks.lexicon import LexiconTask
 from usvl.tasks.segmentation import SegmentationTask
 from usvl.tasks.zeroshot import ZeroShotClassificationTask
 
-__all__ = ["AdaptedEncoderTask", "ClassificationTask", "ContrastiveTask", "SegmentationTask",
+__all__ = ["AdaptedEncoderTask", "ClassificationTask", "ContrastiveTask", "LexiconTask", "SegmentationTask",
            "ZeroShotClassificationTask"]

@@ -287,9 +287,13 @@ class AdaptedEncoderTask(pl.LightningModule, ABC):
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             images = torch.randint(0, 256, (2, 3, height, width), dtype=torch.uint8, device=self.device)
-            unused = parameters_without_gradient(self, lambda: self(images))
+            unused = parameters_without_gradient(self, lambda: self.gradient_check_output(images))
         if unused:
             raise RuntimeError(unused_parameters_message(self, unused))
+
+    def gradient_check_output(self, images: torch.Tensor) -> torch.Tensor:
+        """Every trainable output of the task for ``images`` (``forward``; tasks with more heads add theirs)."""
+        return self(images)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Loss on a training batch.

@@ -128,14 +128,15 @@ class CalibratedClassifier(AdaptedEncoderTask):
             return probabilities.argmax(dim=-1)
         return (probabilities[:, 1] >= threshold).long()
 
-    def probability_step(self, batch: dict[str, Any], stage: str) -> StepOutput:
+    def probability_step(self, batch: dict[str, Any], stage: str, logits: torch.Tensor | None = None) -> StepOutput:
         """An evaluation step: the NLL of the plain probabilities and the metric inputs.
 
         The metrics get the class-1 probability with two classes, else all of them; in ``test`` the calibration
-        metrics also get the calibrated probabilities.
+        metrics also get the calibrated probabilities. ``logits`` are the batch's view logits when the caller has
+        them already (:meth:`view_logits` runs otherwise).
         """
         labels = batch["label"]
-        logits = self.view_logits(batch["image"], batch.get("name"))
+        logits = self.view_logits(batch["image"], batch.get("name")) if logits is None else logits
         probabilities = calibrated_probabilities(logits)
         loss = self.loss(probabilities.clamp_min(1e-8).log(), labels)
         if stage == "test":

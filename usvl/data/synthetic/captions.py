@@ -2,66 +2,14 @@
 
 from __future__ import annotations
 
-THYROID_PHRASES = {
-    "composition": {
-        "cystic": "cystic",
-        "spongiform": "spongiform",
-        "mixed": "mixed cystic and solid",
-        "solid": "solid",
-    },
-    "echogenicity": {
-        "anechoic": "anechoic",
-        "hyperechoic": "hyperechoic",
-        "isoechoic": "isoechoic",
-        "hypoechoic": "hypoechoic",
-        "very_hypoechoic": "very hypoechoic",
-    },
-    "shape": {"wider_than_tall": "wider-than-tall", "taller_than_wide": "taller-than-wide"},
-    "margin": {
-        "smooth": "smooth margins",
-        "ill_defined": "ill-defined margins",
-        "lobulated_irregular": "lobulated or irregular margins",
-        "extrathyroidal_extension": "extrathyroidal extension",
-    },
-    "echogenic_foci": {
-        "none": "no echogenic foci",
-        "comet_tail": "large comet-tail artifacts",
-        "macrocalcification": "macrocalcification with posterior shadowing",
-        "rim": "peripheral rim calcification",
-        "punctate": "punctate echogenic foci",
-    },
-}
+from usvl.lexicon.birads import PHRASES as BIRADS_PHRASES
+from usvl.lexicon.tirads import PHRASES as TIRADS_PHRASES
 
-BREAST_PHRASES = {
-    "shape": {"oval": "Oval", "round": "Round", "irregular": "Irregular"},
-    "orientation": {"parallel": "parallel", "not_parallel": "not parallel"},
-    "margin": {
-        "circumscribed": "circumscribed margins",
-        "indistinct": "indistinct margins",
-        "angular": "angular margins",
-        "microlobulated": "microlobulated margins",
-        "spiculated": "spiculated margins",
-    },
-    "echo_pattern": {
-        "anechoic": "anechoic",
-        "hypoechoic": "hypoechoic",
-        "isoechoic": "isoechoic",
-        "complex": "complex cystic and solid",
-        "hyperechoic": "hyperechoic",
-        "heterogeneous": "heterogeneous",
-    },
-    "posterior": {
-        "enhancement": "posterior acoustic enhancement",
-        "none": "no posterior features",
-        "shadowing": "posterior acoustic shadowing",
-        "combined": "combined posterior pattern",
-    },
-    "calcification": {
-        "none": "no calcifications",
-        "micro": "microcalcifications",
-        "macro": "macrocalcification",
-    },
-}
+THYROID_PHRASES = TIRADS_PHRASES
+"""Words per ACR TI-RADS descriptor value (defined in :mod:`usvl.lexicon.tirads`)."""
+
+BREAST_PHRASES = BIRADS_PHRASES
+"""Words per BI-RADS descriptor value (defined in :mod:`usvl.lexicon.birads`)."""
 
 
 def thyroid_caption(d: dict) -> str:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# The ACR TI-RADS table and scoring live in usvl.lexicon.tirads; POINTS stays importable from here.
+from usvl.lexicon.tirads import POINTS, tirads_category, tirads_points  # noqa: F401
+
 from ..captions import thyroid_caption
 from ..physics import Receiver
 from ..probe import BeamGrid, LinearProbe, make_beam_grid
@@ -52,15 +55,6 @@ FOCI = {
     },
 }
 
-# ACR TI-RADS (2017) points.
-POINTS = {
-    "composition": {"cystic": 0, "spongiform": 0, "mixed": 1, "solid": 2},
-    "echogenicity": {"anechoic": 0, "hyperechoic": 1, "isoechoic": 1, "hypoechoic": 2, "very_hypoechoic": 3},
-    "shape": {"wider_than_tall": 0, "taller_than_wide": 3},
-    "margin": {"smooth": 0, "ill_defined": 0, "lobulated_irregular": 2, "extrathyroidal_extension": 3},
-    "echogenic_foci": {"none": 0, "comet_tail": 0, "macrocalcification": 1, "rim": 2, "punctate": 3},
-}
-
 ECHO_DB = {
     "anechoic": -42.0,
     "hyperechoic": 5.0,
@@ -69,40 +63,6 @@ ECHO_DB = {
     "very_hypoechoic": -16.0,
 }
 MUSCLE_DB = -11.0
-
-
-def tirads_points(descriptors: dict) -> int:
-    """ACR TI-RADS total points from the five lexicon descriptors.
-
-    Args:
-        descriptors: Mapping with keys ``composition``, ``echogenicity``, ``shape``, ``margin``,
-            ``echogenic_foci`` (single value or list of foci; foci points are additive).
-
-    Returns:
-        Total points. Spongiform nodules score 0 (ACR: "do not add further points for other categories").
-    """
-    if descriptors["composition"] == "spongiform":
-        return 0
-    foci = descriptors["echogenic_foci"]
-    foci = [foci] if isinstance(foci, str) else list(foci)
-    total = sum(POINTS[k][descriptors[k]] for k in ("composition", "echogenicity", "shape", "margin"))
-    return int(total + sum(POINTS["echogenic_foci"][f] for f in set(foci)))
-
-
-def tirads_category(points: int) -> str:
-    """ACR TI-RADS level from points: 0-1 TR1, 2 TR2, 3 TR3, 4-6 TR4, >=7 TR5.
-
-    ACR defines TR1 as 0 points; a 1-point total (not assigned by ACR) is mapped to TR1 here.
-    """
-    if points <= 1:
-        return "TR1"
-    if points == 2:
-        return "TR2"
-    if points == 3:
-        return "TR3"
-    if points <= 6:
-        return "TR4"
-    return "TR5"
 
 
 def sample_descriptors(label: str, rng: np.random.Generator) -> dict:
