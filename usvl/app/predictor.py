@@ -257,13 +257,12 @@ class AppPredictor:
         records = {path.relative_to(folder).as_posix(): json.loads(path.read_text(encoding="utf-8"))
                    for path in sorted(folder.rglob("*.json"))}
         result = AppResult(name=name, task=self.task, rows=rows, folder=folder, records=records)
-        for row in rows:
-            stem = Path(row.get("name", name)).stem
-            overlay = folder / row["overlay"] if row.get("overlay") else folder / "overlays" / f"{stem}.png"
-            if overlay.is_file():
-                result.overlays.append(overlay)
-            if row.get("mask") and (folder / row["mask"]).is_file():
-                result.masks.append(folder / row["mask"])
+        if any(row.get("overlay") for row in rows):
+            result.overlays = [folder / row["overlay"] for row in rows if row.get("overlay")]
+        else:  # the file's overlays (one per frame of a cine loop), in the rows' order
+            result.overlays = sorted((folder / "overlays").glob("*.png"))
+        result.overlays = [path for path in result.overlays if path.is_file()]
+        result.masks = [folder / row["mask"] for row in rows if row.get("mask") and (folder / row["mask"]).is_file()]
         payload = {"file": name, "model": self.describe(),
                    "predictions": [{key: parse_value(value) for key, value in row.items()} for row in rows],
                    "records": records}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +114,8 @@ def error_status(message: str) -> str:
 
 
 def build_page(predictor: AppPredictor) -> gr.Blocks:
-    """The Gradio page of a loaded predictor (not launched)."""
-    with gr.Blocks(title="usvl", analytics_enabled=False) as page:
+    """The Gradio page of a loaded predictor (not launched); Gradio's copies of the files are deleted after an hour."""
+    with gr.Blocks(title="usvl", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
         gr.Markdown(header_markdown(predictor), elem_id="usvl-header")
         with gr.Row():
             with gr.Column(scale=1):
@@ -131,7 +132,8 @@ def build_page(predictor: AppPredictor) -> gr.Blocks:
                                    format="png", elem_id="usvl-overlay")
         details = gr.Dataframe(headers=["output", "value"], label="Descriptors and other outputs",
                                interactive=False, visible=False, elem_id="usvl-details")
-        downloads = gr.File(label="Downloads: result JSON and mask", file_count="multiple", interactive=False,
+        downloads = gr.File(label="Downloads: result JSON" + (" and mask" if predictor.task == "segmentation" else ""),
+                            file_count="multiple", interactive=False,
                             elem_id="usvl-downloads")
         upload.upload(lambda file: predict_upload(predictor, file), inputs=upload,
                       outputs=[status, headline, probabilities, sentence, overlay, details, downloads])
@@ -147,8 +149,12 @@ def serve(predictor: AppPredictor, host: str = "127.0.0.1", port: int = 7860, bl
         port: Port; 0 picks a free one.
         block: Serve until interrupted; else return once the server runs (``page.local_url`` says where).
     """
+    if not port:
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
     page = build_page(predictor)
     theme = gr.themes.Default(font=list(SYSTEM_FONTS), font_mono=list(MONO_FONTS))
-    page.launch(server_name=host, server_port=port or None, share=False, prevent_thread_lock=not block,
+    page.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block,
                 inbrowser=False, theme=theme, ssr_mode=False, allowed_paths=[str(predictor.workdir)])
     return page
