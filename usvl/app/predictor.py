@@ -198,7 +198,6 @@ class AppPredictor:
         self.writers = prediction_writers(self.trainer)
         self.task = "segmentation" if isinstance(self.writers[0], SegmentationPredictionWriter) else "classification"
         self.class_names = [str(name) for name in getattr(self.model, "class_names", [])]
-        self.calibration = getattr(self.model, "calibration", None)
         self._requests: list[Path] = []
 
     def describe(self) -> dict[str, Any]:
