@@ -137,13 +137,13 @@ def test_the_page_reads_descriptor_columns_sentence_and_json_files_generically(t
     (folder / "nodule.json").write_text(json.dumps({"composition": "solid"}))
     row = {"name": "nodule.png", "p_benign": "0.200000", "p_malignant": "0.800000", "prediction": "malignant",
            "threshold": "0.500000", "composition": "solid", "tr_level": "TR5",
-           "lexicon_sentence": "Solid, hypoechoic nodule: TR5, 10 points"}
+           "p_composition_solid": "0.900000", "lexicon_sentence": "Solid, hypoechoic nodule: TR5, 10 points"}
     result = AppResult(name="nodule.png", task="classification", rows=[row], folder=folder,
                        records={"nodule.json": {"composition": "solid"}, "calibration.json": {}},
-                       result_json=tmp_path / "r.json")
+                       result_json=tmp_path / "r.json", probability_columns=["p_benign", "p_malignant"])
     assert result.probabilities() == {"benign": 0.2, "malignant": 0.8}
     assert result.sentence() == "Solid, hypoechoic nodule: TR5, 10 points"
-    assert result.details() == {"composition": "solid", "tr_level": "TR5"}
+    assert result.details() == {"composition": "solid", "tr_level": "TR5", "p_composition_solid": "0.900000"}
     assert result.downloads() == [tmp_path / "r.json", folder / "nodule.json"]
 
 

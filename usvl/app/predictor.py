@@ -44,8 +44,8 @@ UPLOAD_EXTENSIONS = frozenset(IMAGE_EXTENSIONS | DICOM_EXTENSIONS)
 """File extensions (lower case) the app accepts: the images the data layer reads, and DICOM."""
 BASE_COLUMNS = frozenset({"name", "width", "height", "prediction", "threshold", "lesion_area_px", "lesion_area_mm2",
                           "mask", "overlay"})
-"""``predictions.csv`` columns the page shows in their own places (with the ``p_<class>`` columns); any other column
-(descriptors, points, category, frame, ...) is listed under the details."""
+"""``predictions.csv`` columns the page shows in their own places (with the class probability columns); any other
+column (descriptors and their probabilities, points, category, frame, ...) is listed under the details."""
 SENTENCE_COLUMN = re.compile(r"sentence|report", re.IGNORECASE)
 """Columns whose text is shown as the read-out sentence (e.g. a lexicon report)."""
 KEPT_REQUESTS = 16
@@ -98,6 +98,7 @@ class AppResult:
         masks: The mask PNG of each row (segmentation).
         records: Every JSON file the writers wrote, parsed, by path relative to ``folder``.
         result_json: The app's JSON of the result (rows with numbers as numbers, records, model), for download.
+        probability_columns: The columns holding the class probabilities (``p_<class>`` per class, or ``p_lesion``).
     """
 
     name: str
@@ -108,10 +109,16 @@ class AppResult:
     masks: list[Path] = field(default_factory=list)
     records: dict[str, Any] = field(default_factory=dict)
     result_json: Path | None = None
+    probability_columns: list[str] = field(default_factory=list)
 
     def probabilities(self, index: int = 0) -> dict[str, float]:
-        """``{class: probability}`` of row ``index`` from its ``p_<class>`` columns (``lesion`` for segmentation)."""
-        return {key[2:]: float(value) for key, value in self.rows[index].items() if key.startswith("p_") and value}
+        """``{class: probability}`` of row ``index`` from its class probability columns (``lesion`` for segmentation).
+
+        Without :attr:`probability_columns`, every ``p_*`` column.
+        """
+        row = self.rows[index]
+        columns = self.probability_columns or [key for key in row if key.startswith("p_")]
+        return {key[2:]: float(row[key]) for key in columns if row.get(key)}
 
     def sentence(self, index: int = 0) -> str:
         """The read-out sentence of row ``index`` (a ``*sentence*`` or ``*report*`` column), or ``""``."""
@@ -119,8 +126,9 @@ class AppResult:
 
     def details(self, index: int = 0) -> dict[str, str]:
         """The columns of row ``index`` not shown elsewhere: descriptors, points, category, areas, frame, ..."""
+        shown = {f"p_{name}" for name in self.probabilities(index)}
         return {key: value for key, value in self.rows[index].items()
-                if key not in BASE_COLUMNS and not key.startswith("p_") and not SENTENCE_COLUMN.search(key)}
+                if key not in BASE_COLUMNS and key not in shown and not SENTENCE_COLUMN.search(key)}
 
     def downloads(self) -> list[Path]:
         """The files offered for download: the result JSON, every mask and every per-image JSON the writers wrote."""
@@ -255,7 +263,9 @@ class AppPredictor:
                                 "file of a type this usvl reads")
         records = {path.relative_to(folder).as_posix(): json.loads(path.read_text(encoding="utf-8"))
                    for path in sorted(folder.rglob("*.json"))}
-        result = AppResult(name=name, task=self.task, rows=rows, folder=folder, records=records)
+        columns = ["p_lesion"] if self.task == "segmentation" else [f"p_{label}" for label in self.class_names]
+        result = AppResult(name=name, task=self.task, rows=rows, folder=folder, records=records,
+                           probability_columns=columns)
         if any(row.get("overlay") for row in rows):
             result.overlays = [folder / row["overlay"] for row in rows if row.get("overlay")]
         else:  # the file's overlays (one per frame of a cine loop), in the rows' order
