@@ -62,11 +62,11 @@ def image_folder(tmp_path_factory) -> Path:
     return root
 
 
-def usvl_predict(fit, folder: Path, out: Path) -> tuple[Path, list[dict[str, str]]]:
+def usvl_predict(fit, folder: Path, out: Path, *extra: str) -> tuple[Path, list[dict[str, str]]]:
     """``usvl predict --config <run>/config.yaml --ckpt_path <ckpt> --data usvl.data.FolderDataModule ...``."""
     run_lightning(["predict", "--config", str(fit.config), "--ckpt_path", str(fit.checkpoint), "--data",
                    "usvl.data.FolderDataModule", "--data.root", str(folder),
-                   "--trainer.logger.init_args.save_dir", str(out)])
+                   "--trainer.logger.init_args.save_dir", str(out), *extra])
     (predictions,) = [p for p in out.rglob("predictions*") if p.is_dir()]
     with (predictions / "predictions.csv").open(newline="", encoding="utf-8") as handle:
         return predictions, list(csv.DictReader(handle))
@@ -74,11 +74,16 @@ def usvl_predict(fit, folder: Path, out: Path) -> tuple[Path, list[dict[str, str
 
 @pytest.fixture(scope="module")
 def runs(thyroid_cls_fit, breast_seg_fit, image_folder, tmp_path_factory):
-    """Per task: the app's predictor (model loaded once) and ``usvl predict``'s folder and rows for the image."""
+    """Per task: the app's predictor (model loaded once) and ``usvl predict``'s folder and rows for the image.
+
+    Both get the same further ``usvl predict`` arguments: for segmentation a pixel threshold the smoke model's
+    probabilities reach, so the overlays compared hold a mask contour.
+    """
     loaded = {}
     for task, fit in (("classification", thyroid_cls_fit), ("segmentation", breast_seg_fit)):
-        predictor = AppPredictor(fit.checkpoint, workdir=tmp_path_factory.mktemp(f"app-{task}"))
-        folder, rows = usvl_predict(fit, image_folder, tmp_path_factory.mktemp(f"predict-{task}"))
+        extra = ("--model.init_args.threshold", "0.2") if task == "segmentation" else ()
+        predictor = AppPredictor(fit.checkpoint, workdir=tmp_path_factory.mktemp(f"app-{task}"), cli_args=extra)
+        folder, rows = usvl_predict(fit, image_folder, tmp_path_factory.mktemp(f"predict-{task}"), *extra)
         loaded[task] = (predictor, folder, rows)
     return loaded
 
@@ -99,6 +104,7 @@ def test_app_gives_what_usvl_predict_writes_for_the_image(runs, image_folder, ta
         assert [p.relative_to(result.folder) for p in result.overlays] == [Path("overlays/nodule 1.png")]
         assert (result.overlays[0]).read_bytes() == (folder / "overlays" / "nodule 1.png").read_bytes()
         if task == "segmentation":
+            assert int(rows[0]["lesion_area_px"]) > 0  # a contour on the overlay
             assert [p.name for p in result.masks] == ["nodule 1.png"]
             assert result.masks[0].read_bytes() == (folder / "nodule 1.png").read_bytes()
             assert set(result.probabilities()) == {"lesion"}
