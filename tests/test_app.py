@@ -13,6 +13,7 @@ chromedriver is missing, except under CI (``CI=true``), whose ``.ci/run`` instal
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -25,11 +26,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("gradio", reason="usvl app needs the app extra (gradio)")
+from usvl.app.predictor import AppPredictor, AppResult, find_run_config, safe_name
+from usvl.cli import main, run_lightning
 
-from usvl.app.predictor import AppPredictor, AppResult, find_run_config, safe_name  # noqa: E402
-from usvl.app.ui import predict_upload  # noqa: E402
-from usvl.cli import main, run_lightning  # noqa: E402
+needs_gradio = pytest.mark.skipif(importlib.util.find_spec("gradio") is None,
+                                  reason="the page needs the app extra (gradio); make install has it")
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -121,7 +122,10 @@ def test_app_gives_what_usvl_predict_writes_for_the_image(runs, image_folder, ta
     assert result.result_json in result.downloads() and all(path.is_file() for path in result.downloads())
 
 
+@needs_gradio
 def test_the_page_shows_a_clear_message_for_a_wrong_or_unreadable_file(runs, tmp_path):
+    from usvl.app.ui import predict_upload  # Gradio is imported by the tests that draw the page only
+
     predictor = runs["classification"][0]
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
@@ -214,6 +218,7 @@ def save_full_page(driver, path: Path) -> Path:
     return path
 
 
+@needs_gradio
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_browser_upload_shows_usvl_predicts_class_and_overlay(runs, image_folder, browser, task):
     from selenium.webdriver.common.by import By
