@@ -220,7 +220,7 @@ def save_full_page(driver, path: Path) -> Path:
 
 @needs_gradio
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
-def test_browser_upload_shows_usvl_predicts_class_and_overlay(runs, image_folder, browser, task):
+def test_browser_upload_shows_usvl_predicts_class_and_overlay(browser, runs, image_folder, task):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
