@@ -179,8 +179,8 @@ def test_usvl_app_finds_the_run_config_and_names_what_is_missing(tmp_path, capsy
 
 def browser_paths() -> tuple[str, str] | None:
     """Chromium and chromedriver (``USVL_CHROMIUM`` / ``USVL_CHROMEDRIVER`` or on PATH), None when one is missing."""
-    chromium = os.environ.get("USVL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = os.environ.get("USVL_CHROMEDRIVER") or shutil.which("chromedriver")
+    chromium = shutil.which(os.environ.get("USVL_CHROMIUM") or "chromium") or shutil.which("chromium-browser")
+    driver = shutil.which(os.environ.get("USVL_CHROMEDRIVER") or "chromedriver")
     return (chromium, driver) if chromium and driver else None
 
 
