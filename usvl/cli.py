@@ -1,4 +1,4 @@
-"""The ``usvl`` command: the Lightning subcommands plus ``usvl data``, ``text``, ``reproduce`` and ``export``."""
+"""The ``usvl`` command: the Lightning subcommands plus ``usvl data``, ``text``, ``reproduce``, ``export``, ``app``."""
 
 from __future__ import annotations
 
@@ -74,6 +74,10 @@ def _dispatch(args: ArgsType) -> int | None:
         from usvl.data.cli import data_main
 
         return data_main(argv[1:])
+    if argv and argv[0] == "app":
+        from usvl.app.cli import app_main
+
+        return app_main(argv[1:])
     if argv and argv[0] == "export":
         from usvl.export.cli import export_main
 

@@ -35,7 +35,8 @@ DESCRIPTION = (
     "below). Datasets: usvl data generate | check ... (usvl data --help). Text: usvl text refine ... (LLM "
     "refinement with provenance; usvl text --help). Experiment grids: usvl reproduce --grid "
     "configs/reproduce/quick.yaml (results tables and plots; usvl reproduce --help). ONNX: usvl export --config "
-    "RUN/config.yaml --ckpt_path CKPT (checked against PyTorch; usvl export --help)."
+    "RUN/config.yaml --ckpt_path CKPT (checked against PyTorch; usvl export --help). Browser app: usvl app "
+    "--ckpt_path CKPT (needs the app extra; usvl app --help)."
 )
 """Help text of the top-level ``usvl`` parser: the Lightning subcommands, ``usvl data`` and ``usvl text``."""
 
@@ -249,24 +250,27 @@ OUT_OF_MEMORY_ADVICE = (
 """What a GPU out-of-memory error adds: the switches that lower memory."""
 
 
-def run_lightning(args: ArgsType = None) -> USVLCLI:
+def run_lightning(args: ArgsType = None, cli_class: type[USVLCLI] = USVLCLI, **kwargs: Any) -> USVLCLI:
     """Run a LightningCLI subcommand (``fit``, ``validate``, ``test``, ``predict``).
+
+    Args:
+        args: The command line after ``usvl`` (None: ``sys.argv``).
+        cli_class: The CLI class, :class:`USVLCLI` or a subclass (``usvl app`` keeps its ``predict`` ready).
+        **kwargs: Further :class:`~lightning.pytorch.cli.LightningCLI` arguments, e.g. ``save_config_callback=None``.
 
     Raises:
         torch.OutOfMemoryError: The GPU ran out of memory; the message starts with :data:`OUT_OF_MEMORY_ADVICE`.
     """
     import torch
 
+    settings: dict[str, Any] = {
+        "subclass_mode_model": True,
+        "subclass_mode_data": True,
+        "seed_everything_default": 0,
+        "save_config_kwargs": {"overwrite": True},
+        "parser_kwargs": {"version": usvl.__version__, "description": DESCRIPTION},
+    }
     try:
-        return USVLCLI(
-            LightningModule,
-            LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"version": usvl.__version__, "description": DESCRIPTION},
-            args=args,
-        )
+        return cli_class(LightningModule, LightningDataModule, **{**settings, **kwargs}, args=args)
     except torch.OutOfMemoryError as error:
         raise torch.OutOfMemoryError(f"{OUT_OF_MEMORY_ADVICE}\n{error}") from error
