@@ -93,9 +93,9 @@ def test_photometric_interpretations_become_grey_as_png_images_do(tmp_path):
     mono2 = read_dicom_frame(write_us_dicom(tmp_path / "m2.dcm", grey)).array
     mono1 = read_dicom_frame(write_us_dicom(tmp_path / "m1.dcm", grey, photometric="MONOCHROME1")).array
     assert np.array_equal(mono1, 255 - mono2)  # MONOCHROME1: low values are bright
-    twelve = (grey.astype(np.uint16) * 16)  # 12-bit data in a 16-bit container: scaled by BitsStored
+    twelve = grey.astype(np.uint16) * 4  # 12-bit data (a dark image, max 1000) in 16 bits: scaled by BitsStored
     deep = read_dicom_frame(write_us_dicom(tmp_path / "m12.dcm", twelve, bits_stored=12)).array
-    assert np.array_equal(deep, np.rint(grey[TOP:BOTTOM, LEFT:RIGHT].astype(float) * 16 * 255 / 4095))
+    assert np.array_equal(deep, np.rint(grey[TOP:BOTTOM, LEFT:RIGHT].astype(float) * 4 * 255 / 4095))
 
 
 def test_the_wheel_ultrasound_examples_decode_frame_by_frame():
@@ -306,7 +306,7 @@ def test_predict_on_a_mixed_folder_writes_a_row_per_image_or_frame_with_mm_areas
         source_name, _, frame = row["name"].partition("#frame")
         source = pydicom.dcmread(mixed_folder / "images" / source_name, stop_before_pixels=True)
         seg = hd.seg.segread(seg_folder / row["mask"])
-        assert seg.SOPClassUID == "1.2.840.10008.66.4" and seg.number_of_segments == 1
+        assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.number_of_segments == 1
         assert seg.SegmentSequence[0].SegmentLabel == "lesion (benign, malignant)"
         (referenced,) = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
         assert referenced.ReferencedSOPInstanceUID == source.SOPInstanceUID
@@ -325,3 +325,19 @@ def test_predict_on_a_mixed_folder_writes_a_row_per_image_or_frame_with_mm_areas
             assert [float(v) for v in measures[0].PixelSpacing] == pytest.approx(SPACING_MM)
         series.add(seg.SeriesInstanceUID)
     assert len(series) == 1  # one series per run
+
+
+def test_data_check_reads_a_dicom_image_as_training_does_and_names_a_cine_loop(tmp_path):
+    from usvl.data.check import check_manifest
+
+    single = write_us_dicom(tmp_path / "one.dcm", b_mode(7))
+    cine = write_us_dicom(tmp_path / "loop.dcm", b_mode(8, frames=2))
+    mask = tmp_path / "one_mask.png"
+    Image.fromarray(np.zeros((BOTTOM - TOP, RIGHT - LEFT), dtype=np.uint8)).save(mask)  # the region's size
+    rows = pd.DataFrame({"name": ["one.dcm", "loop.dcm"], "image": [str(single), str(cine)],
+                         "mask": [str(mask), str(mask)], "label": [0, 0]})
+    report = check_manifest(rows, task="segmentation", class_names=["lesion"], threads=1)
+    problems = {name: problem.detail for problem in report.problems for name in problem.names}
+    assert "one.dcm" not in problems  # read as its 48 x 36 region, which its mask fits
+    assert "multi-frame DICOM (2 frames)" in problems["loop.dcm"]
+    assert report.image_modes == {"DICOM": 1}
