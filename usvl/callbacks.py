@@ -20,13 +20,18 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from usvl.data.decode import grey_array, open_image
+from usvl.data.decode import original_grey
+from usvl.data.dicom import is_dicom_path, output_stem
+from usvl.data.dicom_seg import SEG_SUFFIX, new_series_uid, write_dicom_seg
 from usvl.lexicon.readout import draw_readout, readout_columns, readout_lines, readout_row
 from usvl.metrics.calibration import SCALINGS, THRESHOLD_METHODS, fit_calibration
 from usvl.metrics.lesion_gate import fit_lesion_gate, image_dice, lesion_confidence
 from usvl.utils.atomic import atomic_output, write_json_atomic, write_new
 
 log = logging.getLogger(__name__)
+
+OUTPUT_FORMATS = ("png", "dicom-seg")
+"""Mask formats of :class:`SegmentationPredictionWriter` (``usvl predict --output_format``)."""
 
 
 def unique_folder(folder: Path) -> Path:
@@ -47,11 +52,12 @@ def unique_file(folder: Path, stem: str, suffix: str = ".png") -> Path:
     return candidate
 
 
-def load_original(path: str | Path) -> Image.Image:
-    """The image file at its own size and orientation, as 8-bit grey by the loader's rule, in RGB for drawing."""
-    image, _ = open_image(path)
-    with image:
-        return Image.fromarray(grey_array(image)).convert("RGB")
+def load_original(path: str | Path, frame: int | None = None) -> Image.Image:
+    """The image file at its own size and orientation, as 8-bit grey by the loader's rule, in RGB for drawing.
+
+    A DICOM is its ultrasound region (frame ``frame``, from 1, of a cine loop; see :mod:`usvl.data.dicom`).
+    """
+    return Image.fromarray(original_grey(path, frame)[0]).convert("RGB")
 
 
 def mask_at_size(probability: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
@@ -120,6 +126,7 @@ class PredictionWriter(BasePredictionWriter, ABC):
         self.count = 0
         self._handle: TextIO | None = None
         self._csv: Any = None
+        self._frames: dict[str, int] = {}
 
     @abstractmethod
     def header(self, pl_module: pl.LightningModule) -> list[str]:
@@ -143,17 +150,19 @@ class PredictionWriter(BasePredictionWriter, ABC):
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
         """Write the batch's files and append its rows to the CSV."""
+        frames = batch.get("frame") if hasattr(batch, "get") else None
+        self._frames = {} if frames is None else dict(zip(batch["name"], (int(f) for f in frames), strict=True))
         rows = self.batch_rows(pl_module, prediction, batch)
         self._csv.writerows(rows)
         self._handle.flush()
         self.count += len(rows)
 
     def overlay(self, path: str, name: str, text: str, mask: np.ndarray | None = None) -> str:
-        """Write the overlay of one image; returns its path relative to the output folder ("" when off)."""
+        """Write the overlay of one image (or DICOM frame); returns its path relative to the output folder."""
         if not self.overlays:
             return ""
-        target = unique_file(self.folder / "overlays", Path(name).stem)
-        draw_overlay(load_original(path), text, mask).save(target)
+        target = unique_file(self.folder / "overlays", output_stem(name))
+        draw_overlay(load_original(path, self._frames.get(name) or None), text, mask).save(target)
         return target.relative_to(self.folder).as_posix()
 
     @property
@@ -241,11 +250,11 @@ class ClassificationPredictionWriter(PredictionWriter):
                 continue
             record = {"name": str(name), "probabilities": dict(zip(class_names, probabilities, strict=False)),
                       "prediction": label, "threshold": threshold, **readout}
-            json_path = unique_file(self.folder / "json", Path(name).stem, ".json")
+            json_path = unique_file(self.folder / "json", output_stem(name), ".json")
             write_json_atomic(json_path, record)
             if self.overlays:
-                target = unique_file(self.folder / "overlays", Path(name).stem)
-                draw_readout(load_original(path), title, readout["sentence"],
+                target = unique_file(self.folder / "overlays", output_stem(name))
+                draw_readout(load_original(path, self._frames.get(name) or None), title, readout["sentence"],
                              readout_lines(lexicon, readout)).save(target)
             rows.append(row + readout_row(lexicon, readout, json_path.relative_to(self.folder).as_posix()))
         return rows
@@ -261,22 +270,77 @@ class SegmentationPredictionWriter(PredictionWriter):
     (``lesion`` or ``no lesion``, as the mask), ``lesion_area_px`` and ``lesion_area_mm2`` at the original size,
     and the ``mask`` and ``overlay`` files. See :class:`PredictionWriter` for the folder.
 
+    DICOM inputs (:mod:`usvl.data.dicom`): the original size is the ultrasound region's, each frame of a cine loop is
+    one row (``<name>#frame003``; files ``<stem>_frame003.png``), and ``lesion_area_mm2`` comes from the region's
+    calibrated pixel spacing (else ``pixel_spacing_mm``; empty when neither is known: the count of such images is
+    logged at the end). With ``output_format="dicom-seg"`` (``usvl predict --output_format dicom-seg``) the mask of a
+    DICOM input is written as a DICOM Segmentation referencing its source instance and frame
+    (``<stem>[_frame003].seg.dcm``, :func:`usvl.data.dicom_seg.write_dicom_seg`; one series per run) instead of a
+    PNG; other inputs keep their PNG masks (a Segmentation needs a DICOM source), and their count is logged.
+
     Args:
         output_dir: Parent folder; defaults to the run's log dir.
         overlays: Also write the overlays.
-        pixel_spacing_mm: Size of one pixel of the original images in mm, for ``lesion_area_mm2`` (one value for all
-            images; the manifest has no spacing). None: that column stays empty.
+        pixel_spacing_mm: Size of one pixel of the original images in mm, for ``lesion_area_mm2`` of images without
+            a calibration of their own (one value for all of them). None: their column stays empty.
+        output_format: ``png`` (mask PNGs) or ``dicom-seg`` (DICOM Segmentations for DICOM inputs; needs the
+            ``dicom`` extra).
 
     Raises:
-        ValueError: ``pixel_spacing_mm`` is not positive.
+        ValueError: ``pixel_spacing_mm`` is not positive, or ``output_format`` is unknown.
     """
 
     def __init__(self, output_dir: str | None = None, overlays: bool = True,
-                 pixel_spacing_mm: float | None = None) -> None:
+                 pixel_spacing_mm: float | None = None, output_format: Literal["png", "dicom-seg"] = "png") -> None:
         super().__init__(output_dir, overlays)
         if pixel_spacing_mm is not None and not pixel_spacing_mm > 0:
             raise ValueError(f"pixel_spacing_mm must be positive, got {pixel_spacing_mm}")
+        if output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format must be one of {list(OUTPUT_FORMATS)}, got {output_format!r}")
         self.pixel_spacing_mm = pixel_spacing_mm
+        self.output_format = output_format
+        self._series_uid: str | None = None
+        self.not_dicom = 0
+        self.no_spacing = 0
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start the folder and CSV; with ``dicom-seg``, check highdicom is there and start the run's series."""
+        if self.output_format == "dicom-seg":
+            self._series_uid = new_series_uid()
+        super().on_predict_start(trainer, pl_module)
+        self.not_dicom = self.no_spacing = 0
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Finish the CSV; say how many images had no pixel spacing, or no DICOM source for a Segmentation."""
+        super().on_predict_end(trainer, pl_module)
+        if self.no_spacing:
+            log.info("%d of %d images have no pixel spacing (not a calibrated DICOM, no pixel_spacing_mm): their "
+                     "lesion_area_mm2 is empty", self.no_spacing, self.count)
+        if self.output_format == "dicom-seg" and self.not_dicom:
+            log.warning("%d of %d images are not DICOM: their masks are PNG files (a DICOM Segmentation references "
+                        "a DICOM source image)", self.not_dicom, self.count)
+
+    def _image_spacing(self, spacing: Any) -> tuple[float, float] | None:
+        """``(row, column)`` mm of one image: its own (DICOM calibration), else ``pixel_spacing_mm``, else None."""
+        if spacing is not None:
+            values = [float(v) for v in spacing]
+            if all(math.isfinite(v) and v > 0 for v in values):
+                return values[0], values[1]
+        if self.pixel_spacing_mm is not None:
+            return self.pixel_spacing_mm, self.pixel_spacing_mm
+        return None
+
+    def _write_mask(self, pl_module: pl.LightningModule, name: str, path: str, mask: np.ndarray) -> Path:
+        """Write one mask: a DICOM Segmentation (``dicom-seg`` and a DICOM source) or a 0/255 PNG."""
+        if self.output_format == "dicom-seg":
+            if is_dicom_path(path):
+                target = unique_file(self.folder, output_stem(name), SEG_SUFFIX)
+                classes = getattr(pl_module, "lesion_classes", None) or getattr(pl_module, "class_names", [])
+                return write_dicom_seg(path, self._frames.get(name) or None, mask, target, classes, self._series_uid)
+            self.not_dicom += 1
+        target = unique_file(self.folder, output_stem(name))
+        Image.fromarray(mask.astype(np.uint8) * 255).save(target)
+        return target
 
     def header(self, pl_module: pl.LightningModule) -> list[str]:
         """The CSV's columns (see the class docstring)."""
@@ -289,17 +353,19 @@ class SegmentationPredictionWriter(PredictionWriter):
             raise KeyError("The segmentation predict_step returned no 'probability' (lesion probability map)")
         paths, sizes = batch_sources(batch)
         threshold = float(getattr(pl_module, "threshold", 0.5))
+        spacings = batch["spacing"].tolist() if "spacing" in batch else [None] * len(paths)
         rows = []
-        for name, path, size, probability in zip(prediction["name"], paths, sizes, prediction["probability"],
-                                                 strict=True):
+        for name, path, size, probability, spacing in zip(prediction["name"], paths, sizes, prediction["probability"],
+                                                          spacings, strict=True):
             mask = mask_at_size(probability, size, threshold)
-            target = unique_file(self.folder, Path(name).stem)
-            Image.fromarray(mask.astype(np.uint8) * 255).save(target)
+            target = self._write_mask(pl_module, name, path, mask)
             area = int(mask.sum())
             p_lesion = float(probability.max())
             label = "lesion" if area else "no lesion"
             overlay = self.overlay(path, name, f"{label} p={p_lesion:.2f} area={area}px", mask)
-            area_mm2 = f"{area * self.pixel_spacing_mm ** 2:.3f}" if self.pixel_spacing_mm is not None else ""
+            pixel = self._image_spacing(spacing)
+            self.no_spacing += pixel is None
+            area_mm2 = f"{area * pixel[0] * pixel[1]:.3f}" if pixel is not None else ""
             rows.append([name, size[1], size[0], f"{p_lesion:.6f}", label, area, area_mm2, target.name, overlay])
         return rows
 

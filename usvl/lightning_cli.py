@@ -21,9 +21,10 @@ import usvl.models.encoders
 import usvl.models.heads
 import usvl.tasks
 import usvl.text  # noqa: F401  (short class names in configs)
-from usvl.callbacks import EpochSummary, TestCaseWriter
+from usvl.callbacks import OUTPUT_FORMATS, EpochSummary, SegmentationPredictionWriter, TestCaseWriter
 from usvl.domain_monitor import DomainShiftMonitor
 from usvl.utils.atomic import to_builtin, write_json_unique
+from usvl.utils.errors import UserError
 from usvl.utils.report import format_metrics_table, peak_memory_mb
 from usvl.utils.resume import resume_version
 
@@ -94,6 +95,36 @@ class USVLCLI(LightningCLI):
         parser.add_lightning_class_args(usvl.callbacks.Calibration, "calibration")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        """Lightning's subcommand parser; ``predict`` also takes ``--output_format`` (``--output-format``).
+
+        ``--output_format dicom-seg`` writes the masks of DICOM inputs as DICOM Segmentations (see
+        :class:`~usvl.callbacks.SegmentationPredictionWriter`); the default, ``png``, keeps each writer's setting.
+        """
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            parser.add_argument("--output_format", "--output-format", type=str, default=None,
+                                choices=[None, *OUTPUT_FORMATS],
+                                help="Mask format of segmentation predictions: png, or dicom-seg (DICOM Segmentation "
+                                     'objects for DICOM inputs; pip install "usvl[dicom]")')
+        return parser
+
+    def _apply_output_format(self) -> None:
+        """Set ``predict --output_format`` on the segmentation prediction writers.
+
+        Raises:
+            UserError: A format is given but the trainer has no segmentation prediction writer (a classifier).
+        """
+        output_format = self.config.get("predict", {}).get("output_format")
+        if not output_format:
+            return
+        writers = [c for c in self.trainer.callbacks if isinstance(c, SegmentationPredictionWriter)]
+        if not writers:
+            raise UserError(f"--output_format {output_format} sets the mask format of segmentation predictions, but "
+                            "this model has no SegmentationPredictionWriter (is it a segmentation run?)")
+        for writer in writers:
+            writer.output_format = output_format
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """Build the trainer with a test-case writer and a domain-shift monitor.
@@ -178,8 +209,9 @@ class USVLCLI(LightningCLI):
         self._use_checkpoint_classes()
 
     def before_predict(self) -> None:
-        """Take the class names stored in the checkpoint, so predictions are named by the classes trained on."""
+        """Take the checkpoint's class names (predictions are named by them) and apply ``--output_format``."""
         self._use_checkpoint_classes()
+        self._apply_output_format()
 
     def predict(self, **kwargs: Any) -> Any:
         """``trainer.predict`` keeping no predictions in memory unless ``--return_predictions true`` is given.

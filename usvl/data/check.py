@@ -73,7 +73,9 @@ from usvl.data.decode import (
     is_high_bit_depth,
     mask_values,
     open_image,
+    original_grey,
 )
+from usvl.data.dicom import is_dicom_path
 from usvl.data.duplicates import DEFAULT_THRESHOLD, Fingerprint, duplicate_groups, fingerprint_array, hamming
 from usvl.data.manifest import SPLITS, cell_paths, derive_class_names, normalise_manifest, skipped_files
 from usvl.data.sources.registry import read_source, source_options
@@ -321,11 +323,16 @@ def _inspect_row(image_path: str | None, mask_cell: Any) -> _FileInfo:
         info.image_missing = True
     else:
         try:
-            image, info.size = open_image(image_path, "image")
-            with image:
-                info.mode = image.mode
-                info.fingerprint = fingerprint_array(grey_array(image))
-                info.colour = _colour_note(image)
+            if is_dicom_path(image_path):  # its ultrasound region, as training reads it (a cine loop is an error)
+                grey = original_grey(image_path)[0]
+                info.size, info.mode = (grey.shape[1], grey.shape[0]), "DICOM"
+                info.fingerprint = fingerprint_array(grey)
+            else:
+                image, info.size = open_image(image_path, "image")
+                with image:
+                    info.mode = image.mode
+                    info.fingerprint = fingerprint_array(grey_array(image))
+                    info.colour = _colour_note(image)
         except Exception as error:  # noqa: BLE001 - any decoder failure is reported, never raised
             info.image_error = _describe(error)
     masks = cell_paths(mask_cell)

@@ -13,8 +13,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from usvl.data.decode import check_mask_size, decode_image, decode_mask
+from usvl.data.decode import Decoded, check_mask_size, decode_image, decode_mask
 from usvl.data.decode_cache import DecodeCache, DecodedSplit
+from usvl.data.dicom import frame_name, is_dicom_path, read_dicom_info
 from usvl.data.manifest import cell_paths, is_empty
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,9 @@ class UltrasoundDataset(Dataset):
     """Images (and masks) of one split, decoded once to ``uint8`` arrays of ``size x size``.
 
     Each item is a dict with ``image`` (``uint8 [1, S, S]``), ``label`` (``long``, -1 when unknown),
-    ``mask`` (``uint8 [1, S, S]`` in {0, 1}, with ``with_masks``) and ``name``. Decoding follows
+    ``mask`` (``uint8 [1, S, S]`` in {0, 1}, with ``with_masks``), ``name`` and, when an image of the split has a
+    pixel spacing (a calibrated DICOM, see :mod:`usvl.data.dicom`), ``spacing`` (``float64 [2]``: row and column mm
+    per pixel of the resized image, NaN for the images without one). Decoding follows
     ``usvl.data.decode`` (mask binarisation, bit depth, orientation, mask/image size rules). The decoded
     arrays are kept in a disk cache (``usvl.data.decode_cache``) keyed by the files' paths, sizes and
     modification times, so a later run loads them instead of decoding.
@@ -91,6 +94,7 @@ class UltrasoundDataset(Dataset):
         self.labels = torch.tensor([labels[i] for i in self.kept], dtype=torch.long)
         self.images = torch.from_numpy(split.images)
         self.masks = torch.from_numpy(split.masks) if split.masks is not None else None
+        self.spacings = torch.from_numpy(split.spacings) if split.spacings is not None else None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -99,7 +103,17 @@ class UltrasoundDataset(Dataset):
         item = {"image": self.images[index], "label": self.labels[index], "name": self.names[index]}
         if self.masks is not None:
             item["mask"] = self.masks[index]
+        if self.spacings is not None:
+            item["spacing"] = self.spacings[index]
         return item
+
+
+def resized_spacing(decoded: Decoded, size: int) -> tuple[float, float]:
+    """``(row, column)`` mm per pixel after resizing ``decoded`` to ``size x size`` (NaN without a spacing)."""
+    if decoded.spacing_mm is None:
+        return (float("nan"), float("nan"))
+    width, height = decoded.source_size
+    return (decoded.spacing_mm[0] * height / size, decoded.spacing_mm[1] * width / size)
 
 
 def _decode_split(names: list[str], images: list[Any], masks: list[Any], size: int, with_masks: bool,
@@ -108,6 +122,7 @@ def _decode_split(names: list[str], images: list[Any], masks: list[Any], size: i
     count = len(names)
     image_out = np.zeros((count, 1, size, size), dtype=np.uint8)
     mask_out = np.zeros((count, 1, size, size), dtype=np.uint8) if with_masks else None
+    spacing_out = np.full((count, 2), np.nan)
     reasons: dict[int, str] = {}
     if with_masks:
         missing = [i for i in range(count) if is_empty(masks[i])]
@@ -124,6 +139,7 @@ def _decode_split(names: list[str], images: list[Any], masks: list[Any], size: i
                 raise FileNotFoundError(f"No image path for {names[index]}")
             image = decode_image(images[index], size)
             image_out[index, 0] = image.array
+            spacing_out[index] = resized_spacing(image, size)
             rescaled = False
             if mask_out is not None:
                 mask = decode_mask(masks[index], size)
@@ -154,17 +170,24 @@ def _decode_split(names: list[str], images: list[Any], masks: list[Any], size: i
     if len(kept) < count:
         image_out = image_out[kept]
         mask_out = mask_out[kept] if mask_out is not None else None
+    spacing_out = spacing_out[kept]
     skipped = [(names[i], reasons[i]) for i in sorted(reasons)]
-    return DecodedSplit(image_out, mask_out, kept, [names[i] for i in kept], skipped)
+    spacings = spacing_out if np.isfinite(spacing_out).any() else None
+    return DecodedSplit(image_out, mask_out, kept, [names[i] for i in kept], skipped, spacings)
 
 
 class StreamingImageDataset(IterableDataset):
     """The images of a manifest, decoded one at a time while iterating (no masks, no labels needed): for ``predict``.
 
     Nothing is kept per image, so memory stays flat however many images there are. Each item is a dict with
-    ``image`` (``uint8 [1, S, S]``), ``label`` (``long``, -1 when unknown), ``name``, ``path`` (the image file)
-    and ``original_size`` (``long [2]``: height and width of the file after EXIF orientation), so a prediction can be
-    written back at the image's own size. With several DataLoader workers, worker ``k`` of ``n`` takes the blocks of
+    ``image`` (``uint8 [1, S, S]``), ``label`` (``long``, -1 when unknown), ``name``, ``path`` (the image file),
+    ``original_size`` (``long [2]``: height and width of the file after EXIF orientation; of a DICOM, of its
+    ultrasound region), so a prediction can be written back at the image's own size, ``frame`` (``long``: the frame
+    number of a multi-frame DICOM, from 1; 0 for any other image) and ``spacing`` (``float64 [2]``: row and column
+    mm per pixel at the original size, NaN when unknown; see :mod:`usvl.data.dicom`). A multi-frame DICOM (cine
+    loop) is one item per frame, named ``<name>#frame001``, ``#frame002``, ... (its header is read when the dataset
+    is built, to count its frames; under ``on_bad_file="skip"`` an unreadable header leaves it one item, skipped when
+    it is read). With several DataLoader workers, worker ``k`` of ``n`` takes the blocks of
     ``block_size`` rows numbered ``k, k + n, ...``: with ``block_size`` equal to the loader's batch size every batch
     is one block, so the loader yields exactly ``ceil(len / batch_size)`` batches (the count Lightning expects from
     ``len``; row-wise sharding would leave a short batch per worker and Lightning would stop before the last rows).
@@ -187,12 +210,30 @@ class StreamingImageDataset(IterableDataset):
         if block_size < 1:
             raise ValueError(f"block_size must be at least 1, not {block_size}")
         self.block_size = block_size
-        self.names = [str(name) for name in manifest["name"].tolist()]
-        self.paths = [next(iter(cell_paths(cell)), "") for cell in manifest["image"].tolist()]
-        labels = manifest["label"] if "label" in manifest.columns else pd.Series([-1] * len(self.names))
-        self.labels = labels.fillna(-1).astype(int).tolist()
         self.size = size
         self.on_bad_file = on_bad_file
+        names = [str(name) for name in manifest["name"].tolist()]
+        paths = [next(iter(cell_paths(cell)), "") for cell in manifest["image"].tolist()]
+        labels = manifest["label"] if "label" in manifest.columns else pd.Series([-1] * len(names))
+        self.names, self.paths, self.labels, self.frames = [], [], [], []
+        for name, path, label in zip(names, paths, labels.fillna(-1).astype(int).tolist(), strict=True):
+            frames = self._frame_count(name, path)
+            for frame in range(1, frames + 1) if frames > 1 else [0]:
+                self.names.append(frame_name(name, frame) if frame else name)
+                self.paths.append(path)
+                self.labels.append(label)
+                self.frames.append(frame)
+
+    def _frame_count(self, name: str, path: str) -> int:
+        """Frames of a DICOM image (1 for anything else, and for an unreadable header under ``skip``)."""
+        if not path or not is_dicom_path(path):
+            return 1
+        try:
+            return read_dicom_info(path).frames
+        except (ValueError, OSError):
+            if self.on_bad_file == "error":
+                raise
+            return 1  # skipped, with its reason, when the item is read
 
     def __len__(self) -> int:
         return len(self.names)
@@ -218,12 +259,14 @@ class StreamingImageDataset(IterableDataset):
         try:
             if not path:
                 raise FileNotFoundError(f"No image path for {self.names[index]}")
-            decoded = decode_image(path, self.size)
+            decoded = decode_image(path, self.size, self.frames[index] or None)
         except (ValueError, OSError) as error:
             if self.on_bad_file == "error":
                 raise
             log.warning("Skipped %s (on_bad_file='skip'): %s", self.names[index], error)
             return None
         width, height = decoded.source_size
+        spacing = decoded.spacing_mm if decoded.spacing_mm is not None else (float("nan"), float("nan"))
         return {"image": torch.tensor(decoded.array[None]), "label": torch.tensor(self.labels[index]),
-                "name": self.names[index], "path": path, "original_size": torch.tensor([height, width])}
+                "name": self.names[index], "path": path, "original_size": torch.tensor([height, width]),
+                "frame": torch.tensor(self.frames[index]), "spacing": torch.tensor(spacing, dtype=torch.float64)}

@@ -30,6 +30,9 @@ the file's own resolution):
 * **Bad files.** A corrupt, truncated or undecodable file raises ``ValueError`` naming it (Pillow's truncated
   image errors included; ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set). A missing file raises
   ``FileNotFoundError``.
+* **DICOM.** ``.dcm``/``.dicom`` images are read by :mod:`usvl.data.dicom`: one frame (``frame``, numbered from 1,
+  for a cine loop), cropped to the B-mode region of its ultrasound region calibration, as 8-bit grey by the same
+  luma rule; the size is the region's and ``spacing_mm`` its pixel size. Then resized as above.
 * **Mask size.** ``check_mask_size``: a mask whose size differs from its image's but has the same aspect ratio
   (within 2 %, e.g. a half-resolution mask) is accepted, since both are resized to the same square; any other
   size is an error naming both files.
@@ -46,6 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageChops, ImageOps
 
+from usvl.data.dicom import is_dicom_path, read_dicom_frame
 from usvl.utils.threads import available_cores
 
 DECODER_VERSION = 2
@@ -70,11 +74,14 @@ class Decoded:
 
     Attributes:
         array: ``uint8 [size, size]``: grey levels for an image, {0, 1} for a mask.
-        source_size: ``(width, height)`` of the file after EXIF orientation, before any reduction.
+        source_size: ``(width, height)`` of the file after EXIF orientation, before any reduction (of a DICOM: of
+            its ultrasound region).
+        spacing_mm: ``(row, column)`` size of one source pixel in mm (DICOM with a calibration), else None.
     """
 
     array: np.ndarray
     source_size: tuple[int, int]
+    spacing_mm: tuple[float, float] | None = None
 
 
 def open_image(path: PathLike, kind: str = "image", size: int | None = None,
@@ -166,30 +173,60 @@ def _reduce(image: Image.Image, size: int) -> Image.Image:
     return image.reduce(factors) if factors != (1, 1) else image
 
 
-def decode_image(path: PathLike, size: int) -> Decoded:
-    """Decode an image as 8-bit grey, resized to ``size x size`` (bilinear), following the module's rules.
+def original_grey(path: PathLike, frame: int | None = None) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """An image at its own size as ``uint8`` grey, and its pixel size in mm when known (DICOM; see the rules).
 
     Args:
-        path: Image file (any format Pillow reads; non-ASCII names are fine).
-        size: Output side length.
-
-    Returns:
-        The ``uint8 [size, size]`` array and the file's oriented size.
+        path: Image file; a DICOM is read by :func:`usvl.data.dicom.read_dicom_frame` (its region only).
+        frame: Frame number (from 1) of a multi-frame DICOM; None otherwise.
 
     Raises:
         FileNotFoundError: The file does not exist.
         ValueError: The file cannot be decoded; the message names it.
     """
-    image, source_size = open_image(path, "image", size, "L")
+    if is_dicom_path(path):
+        dicom = read_dicom_frame(path, frame)
+        return dicom.array, dicom.spacing_mm
+    image, _ = open_image(path)
     with image:
         try:
-            grey = to_grey(image)
+            return grey_array(image), None
         except DECODE_ERRORS as error:
             raise ValueError(f"Cannot convert image {os.fspath(path)} (mode {image.mode}) to grey: {error}") from error
+
+
+def decode_image(path: PathLike, size: int, frame: int | None = None) -> Decoded:
+    """Decode an image as 8-bit grey, resized to ``size x size`` (bilinear), following the module's rules.
+
+    Args:
+        path: Image file (any format Pillow reads, or DICOM; non-ASCII names are fine).
+        size: Output side length.
+        frame: Frame number (from 1) of a multi-frame DICOM; None for any other image.
+
+    Returns:
+        The ``uint8 [size, size]`` array, the file's oriented size and, for a calibrated DICOM, its pixel size.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: The file cannot be decoded; the message names it.
+    """
+    spacing = None
+    if is_dicom_path(path):
+        dicom = read_dicom_frame(path, frame)
+        grey, spacing = Image.fromarray(dicom.array), dicom.spacing_mm
+        source_size = grey.size
+    else:
+        image, source_size = open_image(path, "image", size, "L")
+        with image:
+            try:
+                grey = to_grey(image)
+            except DECODE_ERRORS as error:
+                raise ValueError(f"Cannot convert image {os.fspath(path)} (mode {image.mode}) to grey: "
+                                 f"{error}") from error
     grey = _reduce(grey, size)
     if grey.size != (size, size):
         grey = grey.resize((size, size), Image.BILINEAR)
-    return Decoded(np.asarray(grey, dtype=np.uint8), source_size)
+    return Decoded(np.asarray(grey, dtype=np.uint8), source_size, spacing)
 
 
 def mask_values(image: Image.Image) -> np.ndarray:

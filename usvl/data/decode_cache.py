@@ -52,6 +52,8 @@ class DecodedSplit:
         kept: Manifest positions of the kept rows, in order.
         names: Names of the kept rows.
         skipped: ``(name, reason)`` of every row left out.
+        spacings: ``float64 [N, 2]`` ``(row, column)`` mm per pixel of the resized arrays (NaN where unknown), or
+            ``None`` when no kept image has one (only calibrated DICOM images do).
     """
 
     images: np.ndarray
@@ -59,6 +61,7 @@ class DecodedSplit:
     kept: list[int]
     names: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    spacings: np.ndarray | None = None
 
 
 def _paths(cell: Any) -> list[str]:
@@ -163,8 +166,11 @@ class DecodeCache:
             log.warning("Decoded-image cache entry %s is unreadable (%s); decoding again", self.meta_path, error)
             return None
         log.info("Decoded-image cache hit: %d images from %s", count, self.images_path)
+        spacings = meta.get("spacings")
+        if spacings is not None:
+            spacings = np.array([[np.nan, np.nan] if row is None else row for row in spacings], dtype=np.float64)
         return DecodedSplit(images, masks, [int(i) for i in meta["kept"]], list(meta["names"]),
-                            [(str(name), str(reason)) for name, reason in meta["skipped"]])
+                            [(str(name), str(reason)) for name, reason in meta["skipped"]], spacings)
 
     def _read(self, path: Path, count: int) -> np.ndarray:
         mapped = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -185,6 +191,8 @@ class DecodeCache:
             meta = {"key": self.key, "identity": self.identity, "decoder": DECODER_VERSION, "size": self.size,
                     "with_masks": self.with_masks, "kept": list(split.kept), "names": list(split.names),
                     "skipped": [list(row) for row in split.skipped]}
+            if split.spacings is not None:
+                meta["spacings"] = [None if np.isnan(row).any() else [float(v) for v in row] for row in split.spacings]
             write_text_atomic(self.meta_path, json.dumps(meta, ensure_ascii=False))
         except OSError as error:
             log.warning("Could not write the decoded-image cache %s: %s", self.meta_path, error)

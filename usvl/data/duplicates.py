@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from usvl.data.decode import DECODE_ERRORS, grey_array, open_image
+from usvl.data.decode import original_grey
 
 DEFAULT_THRESHOLD = 4
 GROUP_COLUMNS = ("group", "kind", "name", "split", "label", "patient", "distance")
@@ -65,13 +65,7 @@ def fingerprint_file(path: str) -> Fingerprint:
         FileNotFoundError: The file does not exist.
         ValueError: The file cannot be decoded; the message names it.
     """
-    image, _ = open_image(path, "image")
-    with image:
-        try:
-            grey = grey_array(image)
-        except DECODE_ERRORS as error:
-            raise ValueError(f"Cannot convert image {path} (mode {image.mode}) to grey: {error}") from error
-    return fingerprint_array(grey)
+    return fingerprint_array(original_grey(path)[0])
 
 
 def hamming(a: int, b: int) -> int:

@@ -36,7 +36,9 @@ class SegmentationTask(AdaptedEncoderTask):
     ``threshold``) and log every entry of its ``compute()`` at epoch end as ``val/<key>`` / ``test/<key>``
     (``dice``, ``iou``, ``hd95``, ``asd``, ``fp_rate_normal``, the empty-mask case counts, ...). Entries that are
     undefined for the epoch (e.g. ``fp_rate_normal`` without normal images) are logged as NaN, so the set of keys
-    is always the same. Distances are in pixels at the model resolution, or in mm with ``pixel_spacing_mm``.
+    is always the same. Distances are in pixels at the model resolution, or in mm with ``pixel_spacing_mm``, or in
+    mm per image where the batch carries a ``spacing`` (calibrated DICOM images, see :mod:`usvl.data.dicom`; images
+    without one then take ``pixel_spacing_mm``, and without it the batch is refused: pixel and mm distances would mix).
     A lesion gate chosen on validation (``calibration.lesion_gate``, :mod:`usvl.metrics.lesion_gate`) and stored in
     the checkpoint empties the masks of low-confidence images in ``test`` and ``predict`` (:meth:`predict_masks`);
     the test then also logs ``test/lesion_gate_threshold`` and ``test/lesion_gate_emptied``.
@@ -162,8 +164,29 @@ class SegmentationTask(AdaptedEncoderTask):
             self.gated_images += int(gated.sum())
         return masks
 
-    def _spacing(self) -> tuple[float, float] | None:
-        return None if self.pixel_spacing_mm is None else (self.pixel_spacing_mm, self.pixel_spacing_mm)
+    def _spacing(self, batch: dict[str, Any] | None = None) -> torch.Tensor | tuple[float, float] | None:
+        """Pixel size ``(row, col)`` in mm: per image from the batch's ``spacing`` (DICOM), else ``pixel_spacing_mm``.
+
+        Raises:
+            ValueError: Some images of the batch have a spacing and others none, and ``pixel_spacing_mm`` is unset.
+        """
+        default = None if self.pixel_spacing_mm is None else (self.pixel_spacing_mm, self.pixel_spacing_mm)
+        given = batch.get("spacing") if batch is not None else None
+        if given is None:
+            return default
+        spacing = given.detach().double().cpu().reshape(-1, 2).clone()
+        known = torch.isfinite(spacing).all(dim=1)
+        if known.all():
+            return spacing
+        if not known.any():
+            return default
+        if default is None:
+            names = [name for name, ok in zip(batch.get("name", []), known.tolist(), strict=False) if not ok]
+            raise ValueError(f"The batch mixes images with a pixel spacing (calibrated DICOM) and without one "
+                             f"({names[:5]}): their HD95 and ASD would mix mm and pixels. Set "
+                             "--model.init_args.pixel_spacing_mm for the others, or evaluate them separately")
+        spacing[~known] = torch.tensor(default, dtype=spacing.dtype)
+        return spacing
 
     def compute_step(self, batch: dict[str, Any], stage: str) -> StepOutput:
         """Loss on the mask logits; the metrics get the thresholded masks and the pixel spacing.
@@ -175,7 +198,8 @@ class SegmentationTask(AdaptedEncoderTask):
             raise KeyError("The batch has no 'mask': set data.init_args.task to segmentation")
         masks = batch["mask"]
         logits = self(batch["image"], output_size=masks.shape[-2:])
-        return StepOutput(self.loss(logits, masks), self.predict_masks(logits), masks, {"spacing": self._spacing()})
+        return StepOutput(self.loss(logits, masks), self.predict_masks(logits), masks,
+                          {"spacing": self._spacing(batch) if stage in self.metric_stages else None})
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Image names, predicted masks (``uint8`` 0/1) and lesion probabilities, ``[B, 1, H, W]`` at the image size."""

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from usvl.data.dicom import DICOM_EXTENSIONS
 from usvl.data.manifest import DatasetNotFoundError
 from usvl.paths import cache_dir
 from usvl.utils.atomic import atomic_output
@@ -25,7 +26,10 @@ from usvl.utils.atomic import atomic_output
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
-"""File extensions (lower case) read as images."""
+"""File extensions (lower case) read as images (and as masks)."""
+
+INPUT_EXTENSIONS = IMAGE_EXTENSIONS | DICOM_EXTENSIONS
+"""File extensions (lower case) listed as input images: the image formats and DICOM (``.dcm``, ``.dicom``)."""
 
 DERIVED_VERSION = 1
 """Bump to invalidate every derived file (rendered, merged or sliced masks and images) in the cache."""
@@ -48,8 +52,8 @@ def not_found(missing: Path, dataset: str, published: str, layout: str, root: Pa
 
 
 def has_image_extension(path: Path) -> bool:
-    """A visible name with an image extension (the file itself is not looked at)."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    """A visible name with an input image extension, DICOM included (the file itself is not looked at)."""
+    return path.suffix.lower() in INPUT_EXTENSIONS and not path.name.startswith(".")
 
 
 def is_image_file(path: Path) -> bool:
@@ -172,6 +176,6 @@ def save_png_atomic(array: np.ndarray, path: Path) -> Path:
     return path
 
 
-__all__ = ["DERIVED_VERSION", "IMAGE_EXTENSIONS", "absolute", "derived_dir", "file_key", "find_by_stem",
-           "has_image_extension", "is_image_file", "list_images", "not_found", "read_name_label_csv",
+__all__ = ["DERIVED_VERSION", "IMAGE_EXTENSIONS", "INPUT_EXTENSIONS", "absolute", "derived_dir", "file_key",
+           "find_by_stem", "has_image_extension", "is_image_file", "list_images", "not_found", "read_name_label_csv",
            "save_png_atomic", "scan_images", "unusable_link"]
