@@ -21,7 +21,7 @@ from pathlib import Path
 from usvl.reproduce.grid import load_grid
 from usvl.reproduce.runner import plan
 from usvl.reproduce.shift_table import shift_frame, shift_markdown
-from usvl.reproduce.test_sets import plan_tests, run_tests
+from usvl.reproduce.test_sets import best_checkpoint, plan_tests, run_tests
 from usvl.utils.atomic import write_csv_atomic, write_text_atomic
 
 GATE = ("--calibration.lesion_gate", "true")
@@ -41,6 +41,14 @@ def main() -> None:
     gated = dataclasses.replace(grid, name=f"{grid.name}_lesion_gate", output=options.output / grid.name,
                                 test_sets=gated_sets)
     runs = [run for run in plan(grid) if run.done and (not options.methods or run.cell.method in options.methods)]
+    kept = []
+    for run in runs:
+        try:
+            best_checkpoint(run)
+            kept.append(run)
+        except FileNotFoundError as missing:  # checkpoints are not committed: runs made on another machine
+            print(f"skipped, no checkpoint here: {missing}")
+    runs = kept
     tests = plan_tests(runs, gated_sets)
     failed = run_tests(tests, jobs=options.jobs)
     frame = shift_frame(gated, tests)

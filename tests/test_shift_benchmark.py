@@ -15,7 +15,7 @@ from usvl.reproduce.grid import GridError, load_grid
 from usvl.reproduce.resolve import resolve_config
 from usvl.reproduce.runner import DONE_FILE, plan
 from usvl.reproduce.shift_table import shift_frame, write_shift_tables
-from usvl.reproduce.test_sets import TEST_DONE_FILE, evaluation_command, plan_tests
+from usvl.reproduce.test_sets import TEST_DONE_FILE, best_checkpoint, evaluation_command, plan_tests
 
 SHIFT_GRIDS = sorted((CONFIGS / "shift").glob("*.yaml"))
 
@@ -110,3 +110,16 @@ def test_plan_command_and_tables(tmp_path: Path) -> None:
     summary = text.split("summary over the shifted test sets")[1].splitlines()[4]
     assert summary == "| mona_hybrid | 0.850 | 0.675 | 0.600 | 0.700 | 0.450 | 0.300 | 0.040 | — | — |"
     assert csv.is_file()
+
+
+def test_a_moved_run_still_finds_its_checkpoint(tmp_path: Path) -> None:
+    blocks = [{"name": "main", "datasets": ["thyroid_cls"], "methods": ["mona_hybrid"], "seeds": [1]}]
+    run = plan(load_grid(write_grid(tmp_path, blocks=blocks)))[0]
+    (run.directory / "checkpoints").mkdir(parents=True)
+    (run.directory / "checkpoints" / "epoch3.ckpt").write_text("weights")
+    old_place = Path("results/old_method_name/seed1-abc/checkpoints/epoch3.ckpt")  # as test_metrics.json has it
+    (run.directory / "test_metrics.json").write_text(json.dumps({"checkpoint": str(old_place)}))
+    assert best_checkpoint(run) == str(run.directory / "checkpoints" / "epoch3.ckpt")
+    (run.directory / "checkpoints" / "epoch3.ckpt").unlink()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        best_checkpoint(run)

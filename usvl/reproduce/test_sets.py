@@ -80,6 +80,8 @@ def plan_tests(runs: Sequence[PlannedRun], test_sets: Mapping[str, Mapping[str, 
 def best_checkpoint(run: PlannedRun) -> str:
     """The checkpoint the run's own test used (its ``test_metrics.json``), resolved against the run directory.
 
+    A run folder moved since (a method renamed) still finds it: by its name in the run's ``checkpoints/``.
+
     Raises:
         FileNotFoundError: The run has no test metrics or no checkpoint file.
     """
@@ -88,6 +90,8 @@ def best_checkpoint(run: PlannedRun) -> str:
     path = Path(checkpoint) if checkpoint else None
     if path is not None and not path.is_absolute() and not path.is_file():
         path = run.directory / path
+    if path is not None and not path.is_file():  # the run folder was moved (a method renamed): look beside it
+        path = run.directory / "checkpoints" / path.name
     if path is None or not path.is_file():
         raise FileNotFoundError(f"{run.directory}: no checkpoint to test ({checkpoint!r} in test_metrics.json)")
     return str(path)
