@@ -28,7 +28,7 @@ LAYERS = (
     ("datamodule",),
     ("sources.common", "sources.nextgen", "sources.busi", "sources.ddti", "sources.tn3k", "sources.prostate",
      "sources.folder", "sources.synthetic"),
-    ("sources.registry", "sources", "captions"),
+    ("sources.registry", "sources", "captions", "descriptors"),
     ("check", "cli", ""),
 )
 """The data package's layers, lowest first: a module may import its own layer's modules and lower layers only."""

@@ -25,26 +25,33 @@ def test_shipped_shift_grids_expand_and_their_test_sets_resolve(path: Path) -> N
     grid = load_grid(path)
     assert grid.output.parts[:2] == ("results", "shift")
     methods = {cell.method for cell in grid.cells}
-    thyroid_methods = {"shipped", "acquisition_augment", "bias_calibration", "percentile", "equalise",
-                       "geometry_augment"}
-    assert methods == (thyroid_methods if path.stem == "thyroid" else {"shipped", "acquisition_augment"})
+    thyroid_methods = {"shipped", "previous_recipe", "acquisition_augment", "bias_calibration", "percentile",
+                       "equalise", "geometry_augment"}
+    breast_methods = {"shipped", "previous_recipe", "acquisition_augment"}
+    assert methods == (thyroid_methods if path.stem == "thyroid" else breast_methods)
     assert sorted(cell.seed for cell in grid.cells if cell.method == "shipped") == [1, 2, 3]
     assert set(grid.test_sets) == {"in_domain", *ACQUISITIONS}
     assert grid.test_sets["in_domain"]["args"] == ()
     augmented = next(cell for cell in grid.cells if cell.method == "acquisition_augment")
     resolved = yaml.safe_load(resolve_config([*augmented.args, *grid.test_sets["deep"]["args"]]))
     assert resolved["data"]["init_args"]["test_acquisition"] == "deep"
-    assert resolved["data"]["init_args"]["acquisition_augment"]["class_path"] == "usvl.data.AcquisitionAugment"
+    assert resolved["data"]["init_args"]["acquisition_augment"]["init_args"]["p_speckle"] > 0  # every part on
+    # `shipped` is the experiment config as it stands; `previous_recipe` pins the recipe the earlier runs used.
+    experiment = next(iter(grid.datasets.values()))["config"]
     shipped = next(cell for cell in grid.cells if cell.method == "shipped")
-    assert yaml.safe_load(resolve_config(shipped.args))["data"]["init_args"]["acquisition_augment"] is None
-    shipped_resolved = yaml.safe_load(resolve_config(shipped.args))
-    assert shipped_resolved["calibration"]["scaling"] == "temperature"
+    assert yaml.safe_load(resolve_config(shipped.args)) == yaml.safe_load(resolve_config(
+        ["--config", experiment, "--seed_everything", str(shipped.seed)]))
+    previous = next(cell for cell in grid.cells if cell.method == "previous_recipe")
+    previous_resolved = yaml.safe_load(resolve_config(previous.args))
+    assert previous_resolved["data"]["init_args"]["acquisition_augment"] is None
+    assert previous_resolved["calibration"]["scaling"] == "temperature"
+    assert not previous_resolved["calibration"]["lesion_gate"]
     if "bias_calibration" in methods:
         biased = next(cell for cell in grid.cells if cell.method == "bias_calibration")
         resolved = yaml.safe_load(resolve_config(biased.args))
         assert resolved["calibration"]["scaling"] == "temperature_bias"
-        assert resolved["model"] == shipped_resolved["model"]  # the same models, calibrated otherwise
-    assert shipped_resolved["model"]["init_args"]["intensity_standardisation"] == "none"
+        assert resolved["model"] == previous_resolved["model"]  # the same models, calibrated otherwise
+    assert previous_resolved["model"]["init_args"]["intensity_standardisation"] == "none"
     if "geometry_augment" in methods:
         cell = next(cell for cell in grid.cells if cell.method == "geometry_augment")
         augment = yaml.safe_load(resolve_config(cell.args))["data"]["init_args"]["acquisition_augment"]["init_args"]

@@ -282,12 +282,12 @@ OUT_OF_MEMORY_ADVICE = (
 """What a GPU out-of-memory error adds: the switches that lower memory."""
 
 
-def run_lightning(args: ArgsType = None, cli_class: type[USVLCLI] = USVLCLI, **kwargs: Any) -> USVLCLI:
+def run_lightning(args: ArgsType = None, cli_class: type[USVLCLI] | None = None, **kwargs: Any) -> USVLCLI:
     """Run a LightningCLI subcommand (``fit``, ``validate``, ``test``, ``predict``).
 
     Args:
         args: The command line after ``usvl`` (None: ``sys.argv``).
-        cli_class: The CLI class, :class:`USVLCLI` or a subclass (``usvl app`` keeps its ``predict`` ready).
+        cli_class: The CLI class, :class:`USVLCLI` (None) or a subclass (``usvl app`` keeps its ``predict`` ready).
         **kwargs: Further :class:`~lightning.pytorch.cli.LightningCLI` arguments, e.g. ``save_config_callback=None``.
 
     Raises:
@@ -303,6 +303,6 @@ def run_lightning(args: ArgsType = None, cli_class: type[USVLCLI] = USVLCLI, **k
         "parser_kwargs": {"version": usvl.__version__, "description": DESCRIPTION},
     }
     try:
-        return cli_class(LightningModule, LightningDataModule, **{**settings, **kwargs}, args=args)
+        return (cli_class or USVLCLI)(LightningModule, LightningDataModule, **{**settings, **kwargs}, args=args)
     except torch.OutOfMemoryError as error:
         raise torch.OutOfMemoryError(f"{OUT_OF_MEMORY_ADVICE}\n{error}") from error
