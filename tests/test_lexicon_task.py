@@ -13,6 +13,7 @@ import random
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 from sklearn.metrics import cohen_kappa_score
 
@@ -203,3 +204,29 @@ def test_thyroid_lexicon_fit_test_and_predict_read_out(tmp_path, usvl_cache):
         assert record["prediction"] == row["prediction"]
         overlay = Image.open(folder / "overlays" / f"{row['name'].rsplit('.', 1)[0]}.png")
         assert overlay.height > 256  # the image (256 px) with the read-out panel below it
+
+    # A folder as a clinic sends it: PNG, JPEG, a DICOM frame and a 3-frame DICOM cine loop; one row per image or
+    # frame, each with its descriptors, points and sentence.
+    import numpy as np
+    from dicom_files import write_us_dicom
+
+    mixed = tmp_path / "mixed"
+    (mixed / "images").mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    Image.fromarray(rng.integers(0, 256, (40, 56), dtype=np.uint8)).save(mixed / "images" / "a.png")
+    Image.fromarray(rng.integers(0, 256, (30, 44, 3), dtype=np.uint8)).save(mixed / "images" / "b.jpg")
+    write_us_dicom(mixed / "images" / "c.dcm", rng.integers(0, 256, (80, 96), dtype=np.uint8))
+    write_us_dicom(mixed / "images" / "d.dcm", rng.integers(0, 256, (3, 80, 96), dtype=np.uint8))
+    size = yaml.safe_load(fit.config.read_text())["data"]["init_args"]["image_size"]
+    run_lightning(["predict", "--config", str(fit.config), "--ckpt_path", str(fit.checkpoint),
+                   "--data", "usvl.data.FolderDataModule", "--data.root", str(mixed), "--data.image_size", str(size),
+                   "--trainer.logger.init_args.save_dir", str(tmp_path / "mixed_predict")])
+    folder = next((tmp_path / "mixed_predict").rglob("predictions.csv")).parent
+    rows = list(csv.DictReader((folder / "predictions.csv").open(encoding="utf-8")))
+    assert [row["name"] for row in rows] == ["a.png", "b.jpg", "c.dcm", "d.dcm#frame001", "d.dcm#frame002",
+                                             "d.dcm#frame003"]
+    for row in rows:
+        record = json.loads((folder / row["json"]).read_text(encoding="utf-8"))
+        assert row["sentence"] and record["sentence"] == row["sentence"] and record["name"] == row["name"]
+        assert record["category"] == TIRADS.category(int(row["points"]))
+    assert len({row["json"] for row in rows}) == len(rows) == len(list((folder / "overlays").glob("*.png")))
