@@ -1,5 +1,6 @@
 """Stage 1: InfoNCE, what trains, retrieval recall, caption data, and the stage-1 -> stage-2 hand-off (init_from)."""
 
+import csv
 import json
 import math
 
@@ -222,6 +223,31 @@ def test_zeroshot_from_a_stage1_checkpoint_matches_stage1s_own_zeroshot_test(sta
     cli.model.setup("test")
     source = torch.load(stage1_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     assert torch.equal(cli.model.logit_scale, source["logit_scale"])  # the learnt temperature is loaded too
+
+
+def test_zeroshot_lexicon_from_a_stage1_checkpoint_reports_and_reads_out_descriptors(stage1_checkpoint, tmp_path):
+    zeroshot = ["--config", str(CONFIGS / "zeroshot" / "thyroid_lexicon.yaml"), "--config",
+                str(CONFIGS / "data" / "tiny.yaml"), "--model.init_args.init_from", str(stage1_checkpoint)]
+    run_lightning(["test", *zeroshot, "--trainer.logger.init_args.save_dir", str(tmp_path / "test")])
+    report = json.loads(next((tmp_path / "test").rglob("test_metrics.json")).read_text())["metrics"]
+    stage1 = json.loads(next(stage1_checkpoint.parents[1].glob("test_metrics.json")).read_text())["metrics"]
+    assert report["test/auroc"] == pytest.approx(stage1["test/zeroshot_auroc"], abs=1e-6)  # the same classifier
+    for key in ("test/composition_accuracy", "test/margin_kappa", "test/echogenic_foci_accuracy",
+                "test/category_kappa_quadratic", "test/score_auroc", "test/classifier_auroc", "test/loss_lexicon"):
+        assert key in report, key
+    assert report["test/classifier_auroc"] == pytest.approx(report["test/auroc"], abs=1e-6)
+    cli = USVLCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
+                  args=zeroshot)
+    cli.model.setup("test")
+    source = torch.load(stage1_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    assert torch.equal(cli.model.encoder.text_projection.weight, source["encoder.text_projection.weight"])
+    run_lightning(["predict", *zeroshot, "--trainer.logger.init_args.save_dir", str(tmp_path / "predict")])
+    folder = next((tmp_path / "predict").rglob("predictions.csv")).parent
+    rows = list(csv.DictReader((folder / "predictions.csv").open(encoding="utf-8")))
+    assert rows and all(row["sentence"].startswith(("Cystic", "Spongiform", "Mixed", "Solid")) for row in rows)
+    record = json.loads((folder / rows[0]["json"]).read_text(encoding="utf-8"))
+    assert record["sentence"] == rows[0]["sentence"]
+    assert sum(record["descriptors"]["composition"]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_select_weights_flags_unexpected_keys_and_ignores_heads():

@@ -69,6 +69,8 @@ class Lexicon:
         no_finding_category: The category reported for it.
         lesion: What the sentence calls the lesion (``nodule``, ``mass``).
         points_unit: What the points count, for the sentence (``points``, ``suspicious features``).
+        prompt_templates: Per descriptor, sentence templates with one ``{}`` for a value's phrase: the zero-shot
+            prompts of that descriptor's values (:meth:`value_prompts`).
     """
 
     name: str
@@ -87,6 +89,7 @@ class Lexicon:
     lesion: str = "lesion"
     points_unit: str = "points"
     none_value: str = "none"
+    prompt_templates: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     _index: dict[str, dict[str, int]] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -191,6 +194,38 @@ class Lexicon:
         points = self.points(descriptors) if points is None else points
         category = self.category(points) if category is None else category
         return self.sentence_of(descriptors, points, category)
+
+    def value_prompts(self, templates: Mapping[str, Sequence[str]] | None = None) -> dict[str, dict[str, list[str]]]:
+        """Zero-shot prompts per descriptor value: every template of the descriptor filled with the value's phrase.
+
+        A multi descriptor also gets its :attr:`none_value` (``no echogenic foci``), against which each of its
+        values is scored.
+
+        Args:
+            templates: Per descriptor, templates replacing :attr:`prompt_templates` (descriptors not named keep
+                theirs).
+
+        Returns:
+            ``{descriptor: {value: [prompt, ...]}}`` in head order (single, then multi descriptors).
+
+        Raises:
+            ValueError: A descriptor has no template, names one the lexicon lacks, or a template has no ``{}``.
+        """
+        chosen = {**self.prompt_templates, **(templates or {})}
+        unknown = sorted(set(chosen) - set(self.descriptors))
+        if unknown:
+            raise ValueError(f"prompt templates name {unknown}, which {self.title} lacks; its descriptors: "
+                             f"{list(self.descriptors)}")
+        prompts: dict[str, dict[str, list[str]]] = {}
+        for name in self.descriptors:
+            patterns = list(chosen.get(name) or [])
+            if not patterns or any("{}" not in pattern for pattern in patterns):
+                raise ValueError(f"{self.title} {name}: prompt templates must be a non-empty list of sentences with "
+                                 f"one '{{}}' for the value's phrase, got {patterns}")
+            values = (*self.multi[name], self.none_value) if name in self.multi else self.single[name]
+            prompts[name] = {value: [pattern.format(self.phrases[name][value]) for pattern in patterns]
+                             for value in values}
+        return prompts
 
     # ----------------------------------------------------------------------------------------------- training data
 

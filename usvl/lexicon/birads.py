@@ -77,6 +77,17 @@ PHRASES = {
 """Words per descriptor value (the generator's captions and the report sentence use them)."""
 
 
+PROMPT_TEMPLATES = {
+    "shape": ("{} mass.", "{} breast mass on ultrasound."),
+    "orientation": ("Breast mass, {}.", "Breast mass on ultrasound, {}."),
+    "margin": ("Breast mass with {}.", "Breast mass on ultrasound with {}."),
+    "echo_pattern": ("Breast mass, {}.", "Breast mass on ultrasound, {}."),
+    "posterior": ("Breast mass with {}.", "Breast mass on ultrasound with {}."),
+    "calcification": ("Breast mass with {}.", "Breast mass on ultrasound with {}."),
+}
+"""Zero-shot prompt templates per descriptor (``{}``: the value's phrase), worded like the lexicon captions."""
+
+
 def birads_category(count: int) -> str:
     """The BI-RADS-like category of a count of suspicious features (see the module docstring)."""
     return CATEGORIES[min(max(count, 0), len(CATEGORIES) - 1)]
@@ -110,5 +121,6 @@ BIRADS = Lexicon(
     no_finding_category="BI-RADS 1-like",
     lesion="mass",
     points_unit="suspicious features",
+    prompt_templates=PROMPT_TEMPLATES,
 )
 """The BI-RADS ultrasound mass lexicon with the suspicious-feature count as its points."""

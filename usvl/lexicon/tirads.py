@@ -68,6 +68,16 @@ PHRASES = {
 """Words per descriptor value (the generator's captions and the report sentence use them)."""
 
 
+PROMPT_TEMPLATES = {
+    "composition": ("Thyroid nodule, {}.", "Thyroid nodule on ultrasound, {}."),
+    "echogenicity": ("Thyroid nodule, {}.", "Thyroid nodule on ultrasound, {}."),
+    "shape": ("Thyroid nodule, {}.", "Thyroid nodule on ultrasound, {}."),
+    "margin": ("Thyroid nodule with {}.", "Thyroid nodule on ultrasound with {}."),
+    "echogenic_foci": ("Thyroid nodule with {}.", "Thyroid nodule on ultrasound with {}."),
+}
+"""Zero-shot prompt templates per descriptor (``{}``: the value's phrase), worded like the lexicon captions."""
+
+
 def tirads_category(points: int) -> str:
     """ACR TI-RADS level from points: 0-1 TR1, 2 TR2, 3 TR3, 4-6 TR4, >=7 TR5.
 
@@ -106,6 +116,7 @@ TIRADS = Lexicon(
     sentence_of=_sentence,
     gate=("composition", "spongiform"),
     lesion="nodule",
+    prompt_templates=PROMPT_TEMPLATES,
 )
 """The ACR TI-RADS lexicon."""
 
