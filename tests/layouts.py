@@ -311,24 +311,40 @@ def write_ddti(root: Path, quirks: bool = False, count: int = 14) -> tuple[Path,
 
 DDTI_TIRADS = ("2", "3", "4a", "4b", "4c", "5")
 
+DDTI_FIELDS = (
+    # composition, echogenicity, margins, calcifications of cases 1, 2, ... (cycling), spelled as the release does
+    ("solid", "hypoechogenicity", "well defined", "non"),
+    ("predominantly solid", "Isoechogenicity", "ill- defined", "microcalcifications"),
+    ("cystic", "hyperechogenicity", "microlobulated", "none"),
+    ("spongiform", "marked hypoechogenicity", "spiculated", "macrocalcification"),
+    ("predominantly cystic", "hypoechogenicity", "macrolobulated", "microcalcification"),
+    ("Solid ", "marked  hypoechogenicity", "ill defined", "macrocalcifications"),
+    ("dense", "isoechogenicity", "well-defined", "non"),  # dense: outside the ACR TI-RADS mapping
+    ("solid", "", "well defined", "none"),  # empty echogenicity
+)
+"""The descriptor fields of the original release's cases: every mapped spelling, one unknown value, one empty field."""
 
-def _ddti_case(folder: Path, stem: str, number: str, tirads: str, marks: list[tuple[int, list[list[dict]]]]) -> None:
+
+def _ddti_case(folder: Path, stem: str, number: str, tirads: str, marks: list[tuple[int, list[list[dict]]]],
+               fields: tuple[str, str, str, str] = DDTI_FIELDS[0]) -> None:
     xml_marks = "".join(
         f"<mark><image>{index}</image><svg>{json.dumps([{'points': p, 'annotationType': 'freehand'} for p in polys])}"
         "</svg></mark>" if polys is not None else f"<mark><image>{index}</image><svg></svg></mark>"
         for index, polys in marks)
+    composition, echogenicity, margins, calcifications = fields
     (folder / f"{stem}.xml").write_text(
         f'<?xml version="1.0" encoding="UTF-8"?>\n<case><number>{number}</number><age>50</age><sex>F</sex>'
-        f"<composition>solid</composition><echogenicity>hypoechogenicity</echogenicity><margins>well defined"
-        f"</margins><calcifications>non</calcifications><tirads>{tirads}</tirads><reportbacaf></reportbacaf>"
-        f"<reporteco></reporteco>{xml_marks}</case>\n", encoding="utf-8")
+        f"<composition>{composition}</composition><echogenicity>{echogenicity}</echogenicity><margins>{margins}"
+        f"</margins><calcifications>{calcifications}</calcifications><tirads>{tirads}</tirads><reportbacaf>"
+        f"</reportbacaf><reporteco></reporteco>{xml_marks}</case>\n", encoding="utf-8")
 
 
 def write_ddti_xml(root: Path, quirks: bool = False, cases: int = 10) -> tuple[Path, dict[str, list[str]]]:
     """The original release: ``<case>.xml`` (TI-RADS + SVG polygons) next to ``<case>_<k>.jpg``.
 
     Case 2 has two images, case 1 an image with two nodules (their masks are merged). TI-RADS cycles through
-    2, 3, 4a, 4b, 4c, 5, so labels are benign (0) for 2-3 and malignant (1) for 4a-5.
+    2, 3, 4a, 4b, 4c, 5, so labels are benign (0) for 2-3 and malignant (1) for 4a-5. The descriptor fields cycle
+    through :data:`DDTI_FIELDS` (case 7: composition ``dense``, outside the mapping; case 8: empty echogenicity).
     """
     root = Path(root)
     folder = root / "DDTI"
@@ -353,7 +369,7 @@ def write_ddti_xml(root: Path, quirks: bool = False, cases: int = 10) -> tuple[P
         if quirks and case == 6:
             marks = [(index, None) for index, _ in marks]
             problems["missing_mask"] = ["6_1.jpg"]
-        _ddti_case(folder, str(case), str(case), tirads, marks)
+        _ddti_case(folder, str(case), str(case), tirads, marks, DDTI_FIELDS[(case - 1) % len(DDTI_FIELDS)])
     if quirks:
         truncate(folder / "3_1.jpg")
         problems["truncated_image"] = ["3_1.jpg"]

@@ -258,6 +258,7 @@ FITS = {
     "tn3k_cls": ("tn3k", []),
     "tn3k_seg": ("tn3k", []),
     "ddti_seg": ("ddti", []),
+    "ddti_lexicon": ("ddti_xml", []),
     "prostate_seg": ("prostate", []),
     "nextgen_cls": ("nextgen", []),
     "ln_int_cls": ("folder", []),

@@ -16,6 +16,10 @@ Where descriptors come from:
   descriptor; its values win over the metadata's. :class:`FolderDescriptorDataModule` reads a folder or CSV
   manifest (:class:`~usvl.data.sources.folder.FolderDataModule`), e.g. ``labels.csv`` with descriptor columns next
   to ``image`` and ``label`` (pass it as both ``labels`` and ``descriptor_file``).
+* :class:`DDTIDescriptorDataModule`: the radiologists' descriptors in the case XML files of DDTI's original release
+  (composition, echogenicity, margins, calcifications), mapped to ACR TI-RADS by
+  :func:`~usvl.data.sources.ddti.read_ddti_descriptors`; DDTI has no shape, so ``shape`` is missing for every image.
+  The processed 637-image release has no XML: it needs a ``descriptor_file``.
 """
 
 from __future__ import annotations
@@ -24,14 +28,16 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 from torch.utils.data import Dataset
 
 from usvl.data.manifest import DatasetNotFoundError, is_empty
+from usvl.data.sources.ddti import DDTIDataModule, ddti_release, read_ddti_descriptors
 from usvl.data.sources.folder import FolderDataModule
 from usvl.data.sources.synthetic import SyntheticDataModule
+from usvl.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,10 @@ NOT_DESCRIPTORS = frozenset({"name", "image", "image_path", "path", "file", "fil
                              "label_name", "split", "patient", "caption", "finding", "tirads_points",
                              "tirads_category"})
 """Columns and metadata keys that are no descriptors (derived scores such as ``tirads_points`` included)."""
+
+
+class NoDescriptorsError(UserError, ValueError):
+    """The source holds no descriptors and no ``descriptor_file`` gives them."""
 
 
 def descriptor_text(value: Any) -> str:
@@ -204,3 +214,49 @@ class FolderDescriptorDataModule(DescriptorsMixin, FolderDataModule):
     def __init__(self, descriptor_file: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.descriptor_file = descriptor_file
+
+
+class DDTIDescriptorDataModule(DescriptorsMixin, DDTIDataModule):
+    """DDTI thyroid nodules (:class:`~usvl.data.sources.ddti.DDTIDataModule`) with ACR TI-RADS descriptor targets.
+
+    The original release's case XML files hold composition, echogenicity, margins and calcifications; they are mapped
+    to ACR TI-RADS (:func:`~usvl.data.sources.ddti.read_ddti_descriptors`, which warns about values it cannot map)
+    and every image of a case gets its case's values. ``shape`` is missing for every image (DDTI does not record it),
+    so the shape head does not train. Labels are those of :class:`~usvl.data.sources.ddti.DDTIDataModule` (TI-RADS
+    2-3 benign, 4a-5 malignant).
+
+    Args:
+        root: Folder of the original release (``<case>.xml`` + ``<case>_<k>.jpg``).
+        version: ``original`` (default; the release with the XML files), ``processed`` (only with a
+            ``descriptor_file``: it has no XML) or ``auto``.
+        task: ``classification`` (default: :class:`usvl.tasks.LexiconTask` is a classifier) or ``segmentation``.
+        descriptor_file: A CSV of descriptors by image ``name`` whose values replace the XML's (see the module
+            docstring); None: the XML's only.
+        **kwargs: Arguments of :class:`~usvl.data.datamodule.UltrasoundDataModule` (``image_size``, ``batch_size``,
+            ...).
+    """
+
+    def __init__(self, root: str, version: Literal["auto", "original", "processed"] = "original",
+                 task: Literal["classification", "segmentation"] = "classification",
+                 descriptor_file: str | None = None, **kwargs: Any) -> None:
+        super().__init__(root=root, version=version, task=task, **kwargs)
+        self.descriptor_file = descriptor_file
+        self._xml_descriptors: dict[str, dict[str, str]] | None = None
+
+    def read_descriptors(self, manifest: pd.DataFrame) -> dict[str, dict[str, str]]:
+        """The case XML's descriptors (read once per data module, so its warning comes once).
+
+        Raises:
+            NoDescriptorsError: The release read is the processed one and no ``descriptor_file`` is given.
+        """
+        release, folder = ddti_release(self.root, self.version)
+        if release == "processed":
+            if self.descriptor_file:
+                return {}
+            raise NoDescriptorsError(
+                f"{folder} is DDTI's processed release, which has no case XML and so no descriptors: point "
+                "--data.init_args.root at the original release (<case>.xml + <case>_<k>.jpg, version original) or "
+                "pass --data.init_args.descriptor_file <CSV with a name column and one column per descriptor>")
+        if self._xml_descriptors is None:
+            self._xml_descriptors = read_ddti_descriptors(folder)
+        return {name: dict(values) for name, values in self._xml_descriptors.items()}

@@ -112,7 +112,8 @@ class LexiconReadout:
             raise MissingDescriptorsError(
                 f"{type(self).__name__} needs descriptor targets in its batches: use a data module from "
                 "usvl.data.descriptors (SyntheticDescriptorDataModule for the synthetic twins, "
-                "FolderDescriptorDataModule with a descriptor_file for a folder)")
+                "DDTIDescriptorDataModule for DDTI's original release, FolderDescriptorDataModule with a "
+                "descriptor_file for a folder)")
         return self.lexicon.encode_targets(batch["descriptors"], len(batch["label"]), batch["label"].device)
 
     def descriptor_losses(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],

@@ -5,7 +5,7 @@ Shared reader helpers are in :mod:`usvl.data.sources.common`; the manifest contr
 
 from usvl.data.manifest import MANIFEST_COLUMNS, DatasetNotFoundError
 from usvl.data.sources.busi import BUSIDataModule, read_busi_manifest
-from usvl.data.sources.ddti import DDTIDataModule, read_ddti_manifest
+from usvl.data.sources.ddti import DDTIDataModule, read_ddti_descriptors, read_ddti_manifest
 from usvl.data.sources.folder import FolderDataModule, read_folder_manifest
 from usvl.data.sources.nextgen import NextGenDataModule, read_nextgen_manifest
 from usvl.data.sources.prostate import ProstateDataModule, read_prostate_manifest
@@ -15,5 +15,6 @@ from usvl.data.sources.tn3k import TN3KDataModule, read_tn3k_manifest
 
 __all__ = ["BUSIDataModule", "DDTIDataModule", "DatasetNotFoundError", "FolderDataModule", "MANIFEST_COLUMNS",
            "NextGenDataModule", "ProstateDataModule", "SOURCES", "SyntheticDataModule", "TN3KDataModule",
-           "ensure_synthetic", "read_busi_manifest", "read_ddti_manifest", "read_folder_manifest",
-           "read_nextgen_manifest", "read_prostate_manifest", "read_source", "read_tn3k_manifest"]
+           "ensure_synthetic", "read_busi_manifest", "read_ddti_descriptors", "read_ddti_manifest",
+           "read_folder_manifest", "read_nextgen_manifest", "read_prostate_manifest", "read_source",
+           "read_tn3k_manifest"]
