@@ -37,6 +37,26 @@ def test_value_prompt_templates_can_be_replaced_and_are_checked():
         TIRADS.value_prompts({"shape": ["no placeholder"]})
 
 
+def test_caption_prompts_are_every_lexicon_caption_with_the_value():
+    from usvl.data.synthetic.captions import thyroid_caption
+
+    prompts = TIRADS.value_prompts(mode="caption")
+    sizes = {name: len(TIRADS.prompt_values(name)) for name in TIRADS.descriptors}  # foci: 4 kinds + none
+    for name, values in prompts.items():
+        others = 1
+        for other, size in sizes.items():
+            others *= size if other != name else 1
+        for value, captions in values.items():
+            assert len(captions) == len(set(captions)) == others, (name, value)
+            assert all(TIRADS.phrases[name][value] in caption for caption in captions)
+    nodule = {"composition": "solid", "echogenicity": "hypoechoic", "shape": "taller_than_wide",
+              "margin": "smooth", "echogenic_foci": "punctate"}
+    assert thyroid_caption(nodule) in prompts["margin"]["smooth"]  # the generator's own caption wording
+    assert BIRADS.value_prompts(mode="caption")["calcification"]["none"][0].endswith("no calcifications.")
+    with pytest.raises(ValueError, match="mode must be"):
+        TIRADS.value_prompts(mode="sentence")
+
+
 def _task(**kwargs) -> ZeroShotLexiconTask:
     torch.manual_seed(0)
     return ZeroShotLexiconTask(TinyViTCLIP(depth=2, feature_taps=(1,)), num_classes=2,
@@ -48,7 +68,7 @@ def _features(embedding: torch.Tensor) -> ImageFeatures:
 
 
 def test_descriptor_logits_are_scaled_similarities_with_the_value_prototypes():
-    task = _task()
+    task = _task(prompts="phrase", multi_label="pairwise")
     prototypes = task.value_prototypes()
     for name, rows in prototypes.items():
         values = task.value_prompts[name]
@@ -65,8 +85,28 @@ def test_descriptor_logits_are_scaled_similarities_with_the_value_prototypes():
     assert torch.allclose(logits["echogenic_foci"], 10.0 * (foci[:, :-1] - foci[:, -1:]), atol=1e-4)
 
 
-def test_an_image_at_a_values_prototype_reads_that_value():
-    task = _task()
+def test_exclusive_multi_label_reads_each_values_softmax_share_among_the_values_and_none():
+    task = _task(prompts="phrase")
+    prototypes = task.value_prototypes()["echogenic_foci"]
+    image = torch.randn(5, task.encoder.embed_dim)
+    logits = task.describe(_features(image))["echogenic_foci"]
+    shares = (10.0 * F.normalize(image, dim=-1) @ prototypes.t()).softmax(dim=-1)
+    assert torch.allclose(logits.sigmoid(), shares[:, :-1], atol=1e-5)
+    assert (logits.sigmoid().sum(dim=1) < 1.0).all()  # at most one value reads as present
+
+
+def test_prompt_options_are_checked():
+    with pytest.raises(ValueError, match="set prompts to 'phrase'"):
+        _task(prompt_templates={"shape": ["A {} nodule."]})
+    with pytest.raises(ValueError, match="multi_label must be"):
+        _task(multi_label="any")
+    assert _task(prompts="phrase", prompt_templates={"shape": ["A {} nodule."]}).value_prompts["shape"][
+        "taller_than_wide"] == ["A taller-than-wide nodule."]
+
+
+@pytest.mark.parametrize("mode", ["phrase", "caption"])
+def test_an_image_at_a_values_prototype_reads_that_value(mode):
+    task = _task(prompts=mode, multi_label="pairwise")
     prototypes = task.value_prototypes()
     composition = list(task.value_prompts["composition"]).index("spongiform")
     punctate = list(task.value_prompts["echogenic_foci"]).index("punctate")

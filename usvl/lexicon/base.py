@@ -18,10 +18,11 @@ This package depends on nothing else in usvl (the generator, data modules, heads
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import torch
@@ -70,7 +71,10 @@ class Lexicon:
         lesion: What the sentence calls the lesion (``nodule``, ``mass``).
         points_unit: What the points count, for the sentence (``points``, ``suspicious features``).
         prompt_templates: Per descriptor, sentence templates with one ``{}`` for a value's phrase: the zero-shot
-            prompts of that descriptor's values (:meth:`value_prompts`).
+            prompts of that descriptor's values (:meth:`value_prompts`, ``phrase`` mode).
+        caption_template: A one-sentence caption of a lesion with a ``{<descriptor>}`` field per descriptor, filled
+            with the values' phrases (:meth:`caption`): the synthetic generator's captions, and the zero-shot prompts
+            of :meth:`value_prompts` in ``caption`` mode.
     """
 
     name: str
@@ -90,6 +94,7 @@ class Lexicon:
     points_unit: str = "points"
     none_value: str = "none"
     prompt_templates: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    caption_template: str | None = None
     _index: dict[str, dict[str, int]] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -195,22 +200,50 @@ class Lexicon:
         category = self.category(points) if category is None else category
         return self.sentence_of(descriptors, points, category)
 
-    def value_prompts(self, templates: Mapping[str, Sequence[str]] | None = None) -> dict[str, dict[str, list[str]]]:
-        """Zero-shot prompts per descriptor value: every template of the descriptor filled with the value's phrase.
+    def phrase(self, descriptor: str, value: str | Sequence[str]) -> str:
+        """The words of a descriptor value; several values of a multi descriptor joined (``a and b``; none if empty)."""
+        if isinstance(value, str):
+            return self.phrases[descriptor][value]
+        values = [v for v in value if v != self.none_value] or [self.none_value]
+        return join_phrases([self.phrases[descriptor][v] for v in values])
+
+    def caption(self, descriptors: Mapping[str, Any]) -> str:
+        """The lexicon caption of one lesion: :attr:`caption_template` filled with its descriptors' phrases.
+
+        Raises:
+            ValueError: The lexicon has no caption template.
+        """
+        if self.caption_template is None:
+            raise ValueError(f"{self.title} has no caption template")
+        return self.caption_template.format(**{name: self.phrase(name, descriptors[name])
+                                               for name in self.descriptors})
+
+    def value_prompts(self, templates: Mapping[str, Sequence[str]] | None = None,
+                      mode: Literal["phrase", "caption"] = "phrase") -> dict[str, dict[str, list[str]]]:
+        """Zero-shot prompts per descriptor value.
 
         A multi descriptor also gets its :attr:`none_value` (``no echogenic foci``), against which each of its
         values is scored.
 
         Args:
-            templates: Per descriptor, templates replacing :attr:`prompt_templates` (descriptors not named keep
-                theirs).
+            templates: ``phrase`` mode: per descriptor, templates replacing :attr:`prompt_templates` (descriptors not
+                named keep theirs).
+            mode: ``phrase``: every template of the descriptor filled with the value's phrase (``Thyroid nodule,
+                hypoechoic.``). ``caption``: every :meth:`caption` with that value, the other descriptors taking
+                every combination of their values (one value or none for a multi descriptor): the whole-caption
+                wording a stage-1 model was trained on, the other descriptors marginalised out.
 
         Returns:
             ``{descriptor: {value: [prompt, ...]}}`` in head order (single, then multi descriptors).
 
         Raises:
-            ValueError: A descriptor has no template, names one the lexicon lacks, or a template has no ``{}``.
+            ValueError: An unknown mode; ``phrase``: a descriptor has no template, one names a descriptor the
+                lexicon lacks, or a template has no ``{}``; ``caption``: the lexicon has no caption template.
         """
+        if mode == "caption":
+            return self._caption_prompts()
+        if mode != "phrase":
+            raise ValueError(f"mode must be 'phrase' or 'caption', got {mode!r}")
         chosen = {**self.prompt_templates, **(templates or {})}
         unknown = sorted(set(chosen) - set(self.descriptors))
         if unknown:
@@ -222,9 +255,25 @@ class Lexicon:
             if not patterns or any("{}" not in pattern for pattern in patterns):
                 raise ValueError(f"{self.title} {name}: prompt templates must be a non-empty list of sentences with "
                                  f"one '{{}}' for the value's phrase, got {patterns}")
-            values = (*self.multi[name], self.none_value) if name in self.multi else self.single[name]
             prompts[name] = {value: [pattern.format(self.phrases[name][value]) for pattern in patterns]
-                             for value in values}
+                             for value in self.prompt_values(name)}
+        return prompts
+
+    def prompt_values(self, descriptor: str) -> tuple[str, ...]:
+        """The values a descriptor's prompts describe: a single descriptor's, or a multi descriptor's plus none."""
+        return (*self.multi[descriptor], self.none_value) if descriptor in self.multi else self.single[descriptor]
+
+    def _caption_prompts(self) -> dict[str, dict[str, list[str]]]:
+        if self.caption_template is None:
+            raise ValueError(f"{self.title} has no caption template: use mode 'phrase'")
+        prompts: dict[str, dict[str, list[str]]] = {}
+        for name in self.descriptors:
+            others = [other for other in self.descriptors if other != name]
+            prompts[name] = {}
+            for value in self.prompt_values(name):
+                combinations = itertools.product(*(self.prompt_values(other) for other in others))
+                prompts[name][value] = [self.caption({name: value, **dict(zip(others, combination, strict=True))})
+                                        for combination in combinations]
         return prompts
 
     # ----------------------------------------------------------------------------------------------- training data

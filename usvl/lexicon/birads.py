@@ -87,6 +87,9 @@ PROMPT_TEMPLATES = {
 }
 """Zero-shot prompt templates per descriptor (``{}``: the value's phrase), worded like the lexicon captions."""
 
+CAPTION_TEMPLATE = "{shape}, {orientation} mass with {margin}, {echo_pattern}, {posterior}, {calcification}."
+"""The lexicon caption of a mass (the synthetic generator's captions; zero-shot prompts in ``caption`` mode)."""
+
 
 def birads_category(count: int) -> str:
     """The BI-RADS-like category of a count of suspicious features (see the module docstring)."""
@@ -122,5 +125,6 @@ BIRADS = Lexicon(
     lesion="mass",
     points_unit="suspicious features",
     prompt_templates=PROMPT_TEMPLATES,
+    caption_template=CAPTION_TEMPLATE,
 )
 """The BI-RADS ultrasound mass lexicon with the suspicious-feature count as its points."""

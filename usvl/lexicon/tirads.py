@@ -77,6 +77,9 @@ PROMPT_TEMPLATES = {
 }
 """Zero-shot prompt templates per descriptor (``{}``: the value's phrase), worded like the lexicon captions."""
 
+CAPTION_TEMPLATE = ("Thyroid nodule, {composition}, {echogenicity}, {shape}, with {margin} and {echogenic_foci}.")
+"""The lexicon caption of a nodule (the synthetic generator's captions; zero-shot prompts in ``caption`` mode)."""
+
 
 def tirads_category(points: int) -> str:
     """ACR TI-RADS level from points: 0-1 TR1, 2 TR2, 3 TR3, 4-6 TR4, >=7 TR5.
@@ -117,6 +120,7 @@ TIRADS = Lexicon(
     gate=("composition", "spongiform"),
     lesion="nodule",
     prompt_templates=PROMPT_TEMPLATES,
+    caption_template=CAPTION_TEMPLATE,
 )
 """The ACR TI-RADS lexicon."""
 

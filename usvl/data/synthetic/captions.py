@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from usvl.lexicon.birads import BIRADS
 from usvl.lexicon.birads import PHRASES as BIRADS_PHRASES
 from usvl.lexicon.tirads import PHRASES as TIRADS_PHRASES
+from usvl.lexicon.tirads import TIRADS
 
 THYROID_PHRASES = TIRADS_PHRASES
 """Words per ACR TI-RADS descriptor value (defined in :mod:`usvl.lexicon.tirads`)."""
@@ -13,7 +15,7 @@ BREAST_PHRASES = BIRADS_PHRASES
 
 
 def thyroid_caption(d: dict) -> str:
-    """Caption a thyroid nodule from its ACR TI-RADS descriptors.
+    """Caption a thyroid nodule from its ACR TI-RADS descriptors (:meth:`usvl.lexicon.Lexicon.caption`).
 
     Args:
         d: Thyroid descriptors.
@@ -21,12 +23,7 @@ def thyroid_caption(d: dict) -> str:
     Returns:
         One-sentence lexicon description.
     """
-    p = THYROID_PHRASES
-    return (
-        f"Thyroid nodule, {p['composition'][d['composition']]}, {p['echogenicity'][d['echogenicity']]}, "
-        f"{p['shape'][d['shape']]}, with {p['margin'][d['margin']]} and "
-        f"{p['echogenic_foci'][d['echogenic_foci']]}."
-    )
+    return TIRADS.caption(d)
 
 
 def breast_caption(d: dict) -> str:
@@ -40,13 +37,7 @@ def breast_caption(d: dict) -> str:
     """
     if d.get("finding") == "none":
         return "Normal breast tissue without a focal mass."
-    p = BREAST_PHRASES
-    return (
-        f"{p['shape'][d['shape']]}, {p['orientation'][d['orientation']]} mass with "
-        f"{p['margin'][d['margin']]}, "
-        f"{p['echo_pattern'][d['echo_pattern']]}, {p['posterior'][d['posterior']]}, "
-        f"{p['calcification'][d['calcification']]}."
-    )
+    return BIRADS.caption(d)
 
 
 LYMPH_NODE_PHRASES = {
