@@ -189,6 +189,27 @@ def test_cross_centre_can_test_on_all_of_ext(tmp_path):
     assert set(dm.manifest.loc[dm.manifest["split"] == "train", "name"].str[:9]) == {"synlnint_"}
 
 
+def test_a_test_seed_gives_fresh_test_patients_of_the_same_preset(tmp_path):
+    from usvl.data import SyntheticDataModule
+    from usvl.data.descriptors import SyntheticDescriptorDataModule
+
+    dm = SyntheticDescriptorDataModule(preset="thyroid", profile="tiny", generated_size=32, image_size=32,
+                                       batch_size=4, root=str(tmp_path / "a"), test_root=str(tmp_path / "b"),
+                                       test_seed=7, test_split="all")
+    dm.setup("fit")
+    dm.setup("test")
+    test = dm.datasets["test"]
+    assert len(test) == 40 and dm.test_origin["seed"] == 7 and dm.test_origin["splits"] == ["train", "val", "test"]
+    assert all(name.startswith("seed7_synthyroid_") for name in test.names)
+    assert not {str(path) for path in dm.manifest.loc[dm.manifest["split"] == "test", "image"]} & {
+        str(path) for path in dm.manifest.loc[dm.manifest["split"] != "test", "image"]}
+    first = (tmp_path / "a" / "all" / "images" / "synthyroid_00001.png").read_bytes()
+    assert (tmp_path / "b" / "all" / "images" / "synthyroid_00001.png").read_bytes() != first  # another scene
+    assert all(item["descriptors"]["composition"] for item in (test[0], test[len(test) - 1]))  # found under the prefix
+    with pytest.raises(ValueError, match="test_seed other than seed"):
+        SyntheticDataModule(preset="thyroid", test_split="all", test_seed=0)
+
+
 def test_without_test_preset_the_own_test_split_is_used(tmp_path):
     dm = _module(tmp_path)
     dm.setup("test")

@@ -197,7 +197,8 @@ class SyntheticDescriptorDataModule(DescriptorsMixin, SyntheticDataModule):
         """The generator's descriptors (and those of the separate test data, when there is one)."""
         found = read_metadata_descriptors(self.root)
         if self.test_data_root is not None:
-            found.update(read_metadata_descriptors(self.test_data_root))
+            found.update({self.test_data_name(name): values
+                          for name, values in read_metadata_descriptors(self.test_data_root).items()})
         return found
 
 

@@ -88,6 +88,11 @@ class SyntheticDataModule(NextGenDataModule):
     which is a test-only set); the training preset's test split is left out. Where the test images come from is
     logged and kept in :attr:`test_origin`.
 
+    Fresh test patients: ``test_seed`` generates the test data with another generator seed, so its scenes are new
+    patients of the same distribution; with ``test_split="all"`` every image of it (1,700 with the default profile,
+    against 500 in a test split), for metrics that need many images, such as the expected calibration error, whose
+    estimate is biased upwards on small sets. Their names get the prefix ``seed<test_seed>_``.
+
     Acquisition shift: ``acquisition`` images every split with an acquisition profile
     (:data:`usvl.data.synthetic.ACQUISITIONS`); ``test_acquisition`` images only the test split with one (the same
     patients, lesions and labels as the unshifted test split: only the acquisition differs). Only the test split
@@ -102,8 +107,9 @@ class SyntheticDataModule(NextGenDataModule):
         task: ``classification`` or ``segmentation`` (a preset may support only one, e.g. ``prostate``).
         test_preset: Preset whose data forms the test split (same class names as ``preset``); None: ``preset``'s
             own test split.
-        test_split: ``test``: the test split of ``test_preset``; ``all``: all of its images (needs
-            ``test_preset``).
+        test_split: ``test``: the test split of the separate test data; ``all``: all of its images (needs
+            ``test_preset`` or a ``test_seed`` other than ``seed``: other scenes than the training images').
+        test_seed: Generator seed of the test data; None: ``seed``. Another seed gives new test patients.
         test_root: Generate the test data into / read it from this folder instead of the cache.
         acquisition: Acquisition profile of the training, validation and (unless ``test_acquisition``) test
             images; None: the preset's own.
@@ -128,6 +134,7 @@ class SyntheticDataModule(NextGenDataModule):
         task: Literal["classification", "segmentation"] = "classification",
         test_preset: str | None = None,
         test_split: Literal["test", "all"] = "test",
+        test_seed: int | None = None,
         test_root: str | None = None,
         acquisition: str | None = None,
         test_acquisition: str | None = None,
@@ -146,9 +153,9 @@ class SyntheticDataModule(NextGenDataModule):
                 )
         if test_split not in ("test", "all"):
             raise ValueError(f"test_split must be 'test' or 'all', not {test_split!r}")
-        if test_split == "all" and test_preset is None:
-            raise ValueError("test_split='all' needs a test_preset: all images of the training preset would include "
-                             "the training images' scenes")
+        if test_split == "all" and test_preset is None and (test_seed is None or test_seed == seed):
+            raise ValueError("test_split='all' needs a test_preset or a test_seed other than seed: all images of the "
+                             "training preset and seed would include the training images' scenes")
         for name in (acquisition, test_acquisition):
             if name is not None:
                 get_acquisition(name)
@@ -161,6 +168,7 @@ class SyntheticDataModule(NextGenDataModule):
         self.user_root = root
         self.test_preset = test_preset
         self.test_split = test_split
+        self.test_seed = seed if test_seed is None else test_seed
         self.test_root = test_root
         self.acquisition = acquisition
         self.test_acquisition = test_acquisition if test_acquisition is not None else acquisition
@@ -169,17 +177,26 @@ class SyntheticDataModule(NextGenDataModule):
 
     @property
     def separate_test(self) -> bool:
-        """Whether the test split comes from other generated data (another preset or acquisition)."""
-        return self.test_preset is not None or self.test_acquisition != self.acquisition
+        """Whether the test split comes from other generated data (another preset, acquisition or seed)."""
+        return (self.test_preset is not None or self.test_acquisition != self.acquisition
+                or self.test_seed != self.seed)
+
+    def test_data_name(self, name: str) -> str:
+        """The manifest name of an image of the separate test data.
+
+        From another seed, ``seed<test_seed>_<file name>`` (the training data has the same file names, other
+        scenes); else the file name.
+        """
+        return f"seed{self.test_seed}_{name}" if self.test_seed != self.seed else name
 
     def prepare_data(self) -> None:
         """Generate the dataset (and the separate test data) into the cache on first use."""
         self.root = str(ensure_synthetic(self.preset, self.profile, self.seed, self.generated_size,
                                          self.user_root, acquisition=self.acquisition))
         if self.separate_test:
-            # another preset is generated whole, as it always was; a shifted twin of this preset needs its test split
-            splits = ("test",) if self.test_preset is None else None
-            self.test_data_root = str(ensure_synthetic(self.test_preset or self.preset, self.profile, self.seed,
+            # another preset or seed is generated whole; a shifted twin of this preset needs its test split only
+            splits = ("test",) if self.test_preset is None and self.test_seed == self.seed else None
+            self.test_data_root = str(ensure_synthetic(self.test_preset or self.preset, self.profile, self.test_seed,
                                                        self.generated_size, self.test_root,
                                                        acquisition=self.test_acquisition, splits=splits))
 
@@ -195,14 +212,17 @@ class SyntheticDataModule(NextGenDataModule):
         external = read_nextgen_manifest(test_root, test_spec.dataset_name, self.task)
         splits = ["train", "val", "test"] if self.test_split == "all" else ["test"]
         external = external[external["split"].isin(splits)].assign(split="test")
+        external = external.assign(name=[self.test_data_name(name) for name in external["name"]])
         self.test_origin = {"preset": test_preset, "dataset": test_spec.dataset_name, "root": test_root,
                             "splits": splits, "images": len(external)}
+        if self.test_seed != self.seed:
+            self.test_origin["seed"] = self.test_seed
         if self.test_acquisition is not None:
             self.test_origin["acquisition"] = self.test_acquisition
-        log.info("Separate test data: train/val from synthetic %s (%s, acquisition %s) at %s; test = %d images of "
-                 "the %s split(s) of synthetic %s (%s, acquisition %s) at %s", self.preset, self.dataset,
-                 self.acquisition or "default", self.root, len(external), "/".join(splits), test_preset,
-                 test_spec.dataset_name, self.test_acquisition or "default", test_root)
+        log.info("Separate test data: train/val from synthetic %s (%s, acquisition %s, seed %d) at %s; test = %d "
+                 "images of the %s split(s) of synthetic %s (%s, acquisition %s, seed %d) at %s", self.preset,
+                 self.dataset, self.acquisition or "default", self.seed, self.root, len(external), "/".join(splits),
+                 test_preset, test_spec.dataset_name, self.test_acquisition or "default", self.test_seed, test_root)
         own = manifest[manifest["split"] != "test"]
         return pd.concat([own, external], ignore_index=True)
 
