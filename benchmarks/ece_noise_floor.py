@@ -6,7 +6,7 @@ as usvl reports it (:func:`usvl.metrics.calibration.expected_calibration_error`:
 of these ECEs is the floor under which a measured ECE cannot be told apart from sampling noise.
 
 Run: ``.venv/bin/python benchmarks/ece_noise_floor.py RUN_DIR [RUN_DIR ...] [--positive malignant]``
-(writes ``benchmarks/results/ece_noise_floor.json``).
+(writes ``benchmarks/results/ece_noise_floor.json``, or ``--output``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders holding test_cases.csv")
     parser.add_argument("--positive", default="malignant", help="the positive class name")
     parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--output", type=Path, help="record path (default: results/ece_noise_floor.json)")
     options = parser.parse_args()
     results = {}
     for run in options.runs:
@@ -47,7 +48,7 @@ def main() -> None:
         results[str(run)] = {"images": len(cases), "ece_if_calibrated": summary(values),
                              "p90": round(float(np.quantile(values, 0.9)), 4)}
     medians = [r["ece_if_calibrated"]["median"] for r in results.values()]
-    write_record("ece_noise_floor", {"draws": options.draws, "bins": 15, "runs": results})
+    write_record("ece_noise_floor", {"draws": options.draws, "bins": 15, "runs": results}, options.output)
     print_figure("ece_noise_floor_median", round(float(np.median(medians)), 4))
 
 
