@@ -2,9 +2,9 @@
 
 Run: ``.venv/bin/python benchmarks/zeroshot_lexicon_table.py results/zeroshot_lexicon/zeroshot_thyroid_lexicon``.
 
-Reads ``<folder>/<setting>_seed<N>/test_metrics.json`` (one ``usvl test`` of ``configs/zeroshot/thyroid_lexicon.yaml``
+Reads ``<folder>/<setting>_seed<N>/test_metrics.json`` (one ``usvl test`` of ``configs/zeroshot/<organ>_lexicon.yaml``
 per setting and stage-1 seed, as ``results/zeroshot_lexicon/command.sh`` writes them) and writes ``<folder>/table.md``
-with a row per setting; a setting without seeds (``no_stage1``) is one run.
+with a row per setting (a setting without seeds, ``no_stage1``, is one run) and a column per descriptor's kappa.
 """
 
 from __future__ import annotations
@@ -15,14 +15,18 @@ import statistics
 import sys
 from pathlib import Path
 
-COLUMNS = {
-    "composition κ": "test/composition_kappa", "echogenicity κ": "test/echogenicity_kappa",
-    "shape κ": "test/shape_kappa", "margin κ": "test/margin_kappa", "echogenic foci κ": "test/echogenic_foci_kappa",
-    "echogenic foci accuracy": "test/echogenic_foci_accuracy",
-    "TR level κ (quadratic)": "test/category_kappa_quadratic",
-    "points MAE": "test/points_mae", "AUROC of the expected points": "test/score_auroc",
-    "zero-shot classifier AUROC": "test/classifier_auroc",
+SUMMARY = {
+    "category κ (quadratic)": "test/category_kappa_quadratic", "points MAE": "test/points_mae",
+    "AUROC of the expected points": "test/score_auroc", "zero-shot classifier AUROC": "test/classifier_auroc",
 }
+"""Columns after the per-descriptor kappas (and the multi-label descriptors' accuracy)."""
+
+
+def columns(metrics: dict[str, float]) -> dict[str, str]:
+    """The table's columns for a run's metrics: each descriptor's kappa, then :data:`SUMMARY`."""
+    descriptors = [key[len("test/"):-len("_kappa")] for key in metrics
+                   if key.endswith("_kappa") and not key.startswith("test/category_")]
+    return {**{f"{name} κ": f"test/{name}_kappa" for name in descriptors}, **SUMMARY}
 
 
 def cell(values: list[float]) -> str:
@@ -39,9 +43,10 @@ def main() -> None:
     for path in sorted(folder.glob("*/test_metrics.json")):
         setting = re.sub(r"_seed\d+$", "", path.parent.name)
         settings.setdefault(setting, []).append(json.loads(path.read_text())["metrics"])
-    lines = ["| setting | runs | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
+    chosen = columns(next(iter(settings.values()))[0])
+    lines = ["| setting | runs | " + " | ".join(chosen) + " |", "|---" * (len(chosen) + 2) + "|"]
     for setting, runs in settings.items():
-        cells = [cell([run[key] for run in runs]) for key in COLUMNS.values()]
+        cells = [cell([run[key] for run in runs]) for key in chosen.values()]
         lines.append(f"| {setting} | {len(runs)} | " + " | ".join(cells) + " |")
     (folder / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

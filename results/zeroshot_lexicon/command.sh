@@ -24,3 +24,14 @@ for seed in 0 1 2; do
     --model.init_args.multi_label pairwise
 done
 .venv/bin/python benchmarks/zeroshot_lexicon_table.py $OUT/zeroshot_thyroid_lexicon
+
+# BI-RADS on the breast twin: stage 1 seed 0 (configs/pretrain_breast.yaml, run as version_0), the default setting.
+USVL_THREADS=1 .venv/bin/usvl fit --config configs/pretrain_breast.yaml --trainer.logger.init_args.save_dir /work/runs
+CK=$(ls /work/runs/pretrain_breast/version_0/checkpoints/epoch*.ckpt)
+breast() {  # version, extra arguments
+  USVL_THREADS=1 .venv/bin/usvl test --config configs/zeroshot/breast_lexicon.yaml \
+    --trainer.logger.init_args.save_dir $OUT --trainer.logger.init_args.version "$@"
+}
+breast no_stage1
+breast caption_exclusive_seed0 --model.init_args.init_from $CK
+.venv/bin/python benchmarks/zeroshot_lexicon_table.py $OUT/zeroshot_breast_lexicon
