@@ -64,8 +64,8 @@ class ZeroShotLexiconTask(LexiconReadout, ZeroShotClassificationTask):
 
     Raises:
         KeyError: Unknown lexicon.
-        ValueError: A prompt template names a descriptor the lexicon lacks or has no ``{}``, or templates are given
-            without ``prompts: phrase``.
+        ValueError: A prompt template names a descriptor the lexicon lacks or has no ``{}``, templates are given
+            without ``prompts: phrase``, or ``multi_label`` is unknown.
     """
 
     needs_text_tower = True
